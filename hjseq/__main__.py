@@ -1,0 +1,5 @@
+import sys
+
+from hjseq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmark harness shared by ``benchmarks/*.py`` and ``hjseq bench``."""

@@ -1,0 +1,12 @@
+"""Kernel ops. Each op lives in ``hjseq/ops/<op>/`` with ``ref.py`` (its executable
+definition) beside its backends (``cpu.py``, ``triton.py``, ``cuda.py``, ``mamba.py``);
+``backend="auto"`` picks the fastest available and never fails where ``"ref"`` works."""
+from __future__ import annotations
+
+from ._registry import BackendUnavailable, available, resolve
+from .causal_conv1d import causal_conv1d
+from .linear_scan import linear_scan
+from .selective_scan import selective_scan
+
+__all__ = ["selective_scan", "linear_scan", "causal_conv1d", "available", "resolve",
+           "BackendUnavailable"]

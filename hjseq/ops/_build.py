@@ -1,0 +1,101 @@
+"""Build and cache the C++/CUDA extensions in ``csrc/`` through torch's cpp_extension.
+
+``load_extension(name, sources)`` compiles once per (sources, flags, torch version, CPU)
+into ``$HJSEQ_BUILD_DIR`` (default ``~/.cache/hjseq/extensions``) and returns the module.
+If compilation is impossible (no compiler, no sources, ``HJSEQ_NO_BUILD=1``) it raises
+:class:`~hjseq.ops._registry.BackendUnavailable` and warns once, so "auto" falls back to
+the reference path with a visible :class:`ExtensionBuildWarning`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from ._registry import BackendUnavailable
+
+
+class ExtensionBuildWarning(UserWarning):
+    """The fused C++/CUDA kernels could not be built; the reference path is used."""
+
+
+_CACHE: dict[str, ModuleType] = {}
+_FAILED: dict[str, str] = {}
+
+DEFAULT_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+DEFAULT_LDFLAGS = ["-fopenmp"]
+
+
+def csrc_dir() -> Path:
+    """The ``csrc/`` tree: next to the package (editable install / source checkout)."""
+    here = Path(__file__).resolve().parent.parent  # hjseq/
+    for cand in (here / "csrc", here.parent / "csrc"):
+        if cand.is_dir():
+            return cand
+    raise BackendUnavailable(
+        "csrc/ sources not found next to the hjseq package; install from a source checkout "
+        "with `pip install -e .` to get the fused kernels")
+
+
+def build_root() -> Path:
+    return Path(os.environ.get("HJSEQ_BUILD_DIR", Path.home() / ".cache" / "hjseq" / "extensions"))
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None = None,
+                   extra_cuda_cflags: list[str] | None = None,
+                   extra_ldflags: list[str] | None = None, verbose: bool = False) -> ModuleType:
+    """Compile (or reuse) the extension ``hjseq_<name>`` from ``sources`` (paths under csrc/)."""
+    if name in _CACHE:
+        return _CACHE[name]
+    if name in _FAILED:
+        raise BackendUnavailable(_FAILED[name])
+    if os.environ.get("HJSEQ_NO_BUILD", "") not in ("", "0"):
+        raise BackendUnavailable("HJSEQ_NO_BUILD is set: fused kernels disabled")
+    try:
+        root = csrc_dir()
+        paths = [root / s for s in sources]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise BackendUnavailable(f"missing sources {missing}")
+        cflags = list(DEFAULT_CFLAGS if extra_cflags is None else extra_cflags)
+        ldflags = list(DEFAULT_LDFLAGS if extra_ldflags is None else extra_ldflags)
+        h = hashlib.sha256()
+        for p in sorted(paths) + sorted(root.rglob("*.h")):
+            h.update(p.read_bytes())
+        h.update(repr((cflags, ldflags, extra_cuda_cflags, torch.__version__,
+                       _cpu_signature())).encode())
+        build_dir = build_root() / f"{name}-{h.hexdigest()[:16]}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils import cpp_extension
+
+        mod = cpp_extension.load(
+            name=f"hjseq_{name}", sources=[str(p) for p in paths], extra_cflags=cflags,
+            extra_cuda_cflags=extra_cuda_cflags, extra_ldflags=ldflags,
+            extra_include_paths=[str(root)], build_directory=str(build_dir), verbose=verbose)
+    except BackendUnavailable as e:
+        _FAILED[name] = str(e)
+        raise
+    except Exception as e:  # compiler missing, compile error, ninja missing...
+        msg = f"could not build extension hjseq_{name}: {type(e).__name__}: {str(e)[-2000:]}"
+        _FAILED[name] = msg
+        warnings.warn(msg + " -- falling back to the reference implementation",
+                      ExtensionBuildWarning, stacklevel=2)
+        raise BackendUnavailable(msg) from e
+    _CACHE[name] = mod
+    return mod
