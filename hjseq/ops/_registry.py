@@ -66,8 +66,16 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 
+_OP_AUTO_ORDER: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
 def register(op: str, name: str, module: str, devices: tuple[str, ...]) -> None:
     _BACKENDS.setdefault(op, {})[name] = Backend(op, name, module, tuple(devices))
+
+
+def set_auto_order(op: str, device: str, order: tuple[str, ...]) -> None:
+    """Override the "auto" order of one op on one device type (``"ref"`` stays the last resort)."""
+    _OP_AUTO_ORDER.setdefault(op, {})[device] = tuple(order)
 
 
 def backends(op: str) -> dict[str, Backend]:
@@ -104,7 +112,8 @@ def resolve(op: str, backend: str, device: str, **features: Any) -> tuple[str, C
         if reason:
             raise BackendUnavailable(f"{op}: backend={backend!r} does not support this call: {reason}")
         return backend, fn
-    for name in AUTO_ORDER.get(device, ("ref",)):
+    order = _OP_AUTO_ORDER.get(op, {}).get(device) or AUTO_ORDER.get(device, ("ref",))
+    for name in order:
         b = table.get(name)
         if b is None or (device not in b.devices and name != "ref"):
             continue
