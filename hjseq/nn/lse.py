@@ -45,7 +45,7 @@ def _quadratic_spec(eps: float):
     from hjseq.hamiltonians import Quadratic  # core module; imported lazily
     from hjseq.spec import HJSpec
 
-    return HJSpec(hamiltonian=Quadratic(), eps=eps, scheme="hopf_cole")
+    return HJSpec(hamiltonian=Quadratic(), viscosity=eps, scheme="hopf_cole")
 
 
 class LSELayer(nn.Module):

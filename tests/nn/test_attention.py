@@ -156,3 +156,11 @@ def test_bad_input():
     _, cache = m.prefill(torch.randn(2, 3, 8))
     with pytest.raises(ValueError, match="cache.k/cache.v"):
         m.step(torch.randn(3, 8), cache)
+
+
+def test_spec_declares_quadratic_hopf_cole():
+    from hjseq.hamiltonians import Quadratic
+
+    spec = HJAttention(16, 4).spec
+    assert isinstance(spec.hamiltonian, Quadratic)
+    assert spec.viscosity == 2.0 and spec.scheme == "hopf_cole"

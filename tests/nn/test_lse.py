@@ -114,3 +114,11 @@ def test_bad_input():
         LSELayer.from_atoms(torch.randn(4, 2), torch.randn(3))
     with pytest.raises(ValueError, match="t must be > 0"):
         layer.atoms(0.0)
+
+
+def test_spec_declares_quadratic_hopf_cole():
+    from hjseq.hamiltonians import Quadratic
+
+    spec = _layer(eps=0.25).spec
+    assert isinstance(spec.hamiltonian, Quadratic)
+    assert spec.viscosity == 0.25 and spec.scheme == "hopf_cole"
