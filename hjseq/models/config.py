@@ -1,0 +1,312 @@
+"""Model and training configuration: parsed from TOML, JSON or a dict, validated with errors
+that name the source and the key (``small.toml: model.blocks[2].n_heads: expected int, got
+str 'four'``).
+
+A model config lists its blocks, each naming its kind and options::
+
+    [model]
+    d_model = 128
+    repeat = 2                       # the block list below is repeated twice
+    blocks = [{kind = "mamba", d_state = 16},
+              {kind = "attention", n_heads = 4},
+              {kind = "lse", n_units = 256, n_atoms = 4, eps = 0.5, repeat = 1}]
+
+In Python the list form ``blocks=[{"kind": "mamba"}, {"kind": "attention", "n_heads": 4}] * n``
+works as it reads. A block's own ``repeat`` repeats that entry in place; the model-level
+``repeat`` repeats the whole list.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the source file (or ``<dict>``) and key."""
+
+    def __init__(self, source: str, key: str, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+# kind -> {option: (accepted types, description)}. ``None`` in the types allows null/absent.
+# Options not listed here are rejected at parse time, before any block is built.
+_RECURRENT_OPTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "hidden_size": ((int,), "state size (default d_model); projected back to d_model"),
+    "bias": ((bool,), "bias terms in the cell"),
+    "dt": ((float,), "Euler step of the HJ characteristic flow (1.0 = the torch cell)"),
+    "eps": ((float,), "viscosity: noise sqrt(2 eps dt) on the state while training"),
+    "backend": ((str,), "scan backend: auto | ref | cpu | triton | cuda"),
+}
+BLOCK_KINDS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "mamba": {
+        "d_state": ((int,), "SSM state size N"),
+        "d_conv": ((int,), "causal depthwise conv width"),
+        "expand": ((int,), "inner width = expand * d_model"),
+        "dt_rank": ((int, str), "rank of the time-step projection, or 'auto'"),
+        "scheme": ((str,), "discretization: 'euler_b' (Mamba's) or 'zoh'"),
+        "conv_bias": ((bool,), "bias in the causal conv"),
+        "bias": ((bool,), "bias in in_proj/out_proj"),
+        "dt_min": ((float,), "time-step init range, lower end"),
+        "dt_max": ((float,), "time-step init range, upper end"),
+        "backend": ((str,), "selective-scan backend"),
+    },
+    "rnn": dict(_RECURRENT_OPTS),
+    "gru": dict(_RECURRENT_OPTS),
+    "lstm": dict(_RECURRENT_OPTS),
+    "attention": {
+        "n_heads": ((int,), "number of heads (must divide d_model)"),
+        "eps": ((float, type(None)), "temperature; default sqrt(d_head) = softmax attention"),
+        "bias": ((bool,), "biases in the q/k/v/out projections"),
+    },
+    "lse": {
+        "n_units": ((int,), "number of LSE units (default 2 * d_model)"),
+        "n_atoms": ((int,), "atoms per unit (default 4)"),
+        "eps": ((float,), "temperature (viscosity); 0 = tropical max"),
+    },
+}
+BLOCK_ALIASES = {"ssm": "mamba"}
+
+
+@dataclass
+class BlockSpec:
+    """One residual block: its kind (a key of :data:`BLOCK_KINDS`) and its options."""
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.options}
+
+
+@dataclass
+class ModelConfig:
+    """A byte-level (or ``vocab_size``) language model: embedding, ``blocks`` as pre-norm
+    residual blocks ``x + mixer(RMSNorm(x))``, a final RMSNorm and a (tied) LM head."""
+
+    d_model: int
+    blocks: list[BlockSpec]
+    vocab_size: int = 256
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    residual_in_fp32: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "blocks"}
+        d["blocks"] = [b.to_dict() for b in self.blocks]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>",
+                  prefix: str = "model") -> "ModelConfig":
+        return _parse_model(data, source, prefix)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and data settings of ``hjseq train`` (the ``[train]`` table)."""
+
+    steps: int = 1000
+    batch_size: int = 16          # global batch (sequences per optimizer step), all ranks together
+    seq_len: int = 256
+    accum_steps: int = 1          # micro-batches per optimizer step (per rank)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1     # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0        # max global grad norm; 0 disables
+    bf16: bool = False            # bf16 autocast for forward/backward
+    eval_interval: int = 200
+    eval_batches: int = 8
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    seed: int = 0
+    val_fraction: float = 0.05    # share of files held out for validation
+    data: str | None = None       # file or directory; None = the Python standard library
+    sample_chars: int = 300       # length of the sample printed at the end
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>",
+                  prefix: str = "train") -> "TrainConfig":
+        types = {"data": (str, type(None))}
+        kwargs: dict[str, Any] = {}
+        known = {f.name: f for f in fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(source, f"{prefix}.{key}",
+                                  f"unknown option; known: {', '.join(sorted(known))}")
+            default = known[key].default
+            kwargs[key] = _check_type(value, types.get(key, (type(default),)), source,
+                                      f"{prefix}.{key}")
+        cfg = cls(**kwargs)
+        for key in ("steps", "batch_size", "seq_len", "accum_steps", "eval_interval",
+                    "eval_batches", "log_interval", "checkpoint_interval"):
+            if getattr(cfg, key) < 1:
+                raise ConfigError(source, f"{prefix}.{key}", f"must be >= 1, got {getattr(cfg, key)}")
+        if not 0 < cfg.val_fraction < 1:
+            raise ConfigError(source, f"{prefix}.val_fraction", "must be in (0, 1)")
+        if cfg.lr <= 0:
+            raise ConfigError(source, f"{prefix}.lr", f"must be > 0, got {cfg.lr}")
+        return cfg
+
+
+@dataclass
+class RunConfig:
+    """A whole config file: ``[model]`` and optional ``[train]``."""
+
+    model: ModelConfig
+    train: TrainConfig
+    source: str = "<dict>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "train": self.train.to_dict()}
+
+
+def load_config(src: str | Path | Mapping[str, Any]) -> RunConfig:
+    """Read a run config from a ``.toml``/``.json`` path or a dict with ``model`` (and
+    optionally ``train``) tables. A dict without a ``model`` key is taken as the model table."""
+    if isinstance(src, Mapping):
+        data, source = dict(src), "<dict>"
+        if "model" not in data:
+            data = {"model": data}
+    else:
+        path = Path(src)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(source, "<file>", "no such config file")
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(path.read_text())
+            elif path.suffix == ".json":
+                data = json.loads(path.read_text())
+            else:
+                raise ConfigError(source, "<file>", "config must end in .toml or .json")
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(source, "<file>", f"cannot parse: {e}") from None
+    for key in data:
+        if key not in ("model", "train"):
+            raise ConfigError(source, key, "unknown table; expected 'model' and 'train'")
+    if not isinstance(data.get("model"), Mapping):
+        raise ConfigError(source, "model", "missing [model] table")
+    train = data.get("train", {})
+    if not isinstance(train, Mapping):
+        raise ConfigError(source, "train", f"expected a table, got {type(train).__name__}")
+    return RunConfig(_parse_model(data["model"], source, "model"),
+                     TrainConfig.from_dict(train, source, "train"), source)
+
+
+def _parse_model(data: Mapping[str, Any], source: str, prefix: str) -> ModelConfig:
+    data = dict(data)
+    known = {"d_model", "blocks", "repeat", "vocab_size", "norm_eps", "tie_embeddings",
+             "residual_in_fp32"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(source, f"{prefix}.{key}",
+                              f"unknown option; known: {', '.join(sorted(known))}")
+    if "d_model" not in data:
+        raise ConfigError(source, f"{prefix}.d_model", "missing (the model width)")
+    d_model = _check_type(data["d_model"], (int,), source, f"{prefix}.d_model")
+    if d_model < 1:
+        raise ConfigError(source, f"{prefix}.d_model", f"must be >= 1, got {d_model}")
+    vocab = _check_type(data.get("vocab_size", 256), (int,), source, f"{prefix}.vocab_size")
+    if vocab < 2:
+        raise ConfigError(source, f"{prefix}.vocab_size", f"must be >= 2, got {vocab}")
+    repeat = _check_type(data.get("repeat", 1), (int,), source, f"{prefix}.repeat")
+    if repeat < 1:
+        raise ConfigError(source, f"{prefix}.repeat", f"must be >= 1, got {repeat}")
+    raw_blocks = data.get("blocks")
+    if not isinstance(raw_blocks, (list, tuple)) or not raw_blocks:
+        raise ConfigError(source, f"{prefix}.blocks",
+                          "expected a non-empty list of tables like {kind = \"mamba\"}")
+    blocks: list[BlockSpec] = []
+    for i, raw in enumerate(raw_blocks):
+        spec, n = _parse_block(raw, source, f"{prefix}.blocks[{i}]", d_model)
+        blocks.extend(BlockSpec(spec.kind, dict(spec.options)) for _ in range(n))
+    blocks = [BlockSpec(b.kind, dict(b.options)) for _ in range(repeat) for b in blocks]
+    return ModelConfig(
+        d_model=d_model, blocks=blocks, vocab_size=vocab,
+        norm_eps=_check_type(data.get("norm_eps", 1e-5), (float,), source, f"{prefix}.norm_eps"),
+        tie_embeddings=_check_type(data.get("tie_embeddings", True), (bool,), source,
+                                   f"{prefix}.tie_embeddings"),
+        residual_in_fp32=_check_type(data.get("residual_in_fp32", False), (bool,), source,
+                                     f"{prefix}.residual_in_fp32"),
+    )
+
+
+def _parse_block(raw: Any, source: str, key: str, d_model: int) -> tuple[BlockSpec, int]:
+    if isinstance(raw, BlockSpec):
+        raw = raw.to_dict()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, key, f"expected a table like {{kind = \"mamba\"}}, "
+                                       f"got {type(raw).__name__}")
+    raw = dict(raw)
+    if "kind" not in raw:
+        raise ConfigError(source, f"{key}.kind",
+                          f"missing; one of {', '.join(sorted([*BLOCK_KINDS, *BLOCK_ALIASES]))}")
+    kind = raw.pop("kind")
+    if not isinstance(kind, str) or BLOCK_ALIASES.get(kind, kind) not in BLOCK_KINDS:
+        raise ConfigError(source, f"{key}.kind", f"unknown block kind {kind!r}; one of "
+                          f"{', '.join(sorted([*BLOCK_KINDS, *BLOCK_ALIASES]))}")
+    kind = BLOCK_ALIASES.get(kind, kind)
+    n = _check_type(raw.pop("repeat", 1), (int,), source, f"{key}.repeat")
+    if n < 1:
+        raise ConfigError(source, f"{key}.repeat", f"must be >= 1, got {n}")
+    schema = BLOCK_KINDS[kind]
+    options: dict[str, Any] = {}
+    for opt, value in raw.items():
+        if opt not in schema:
+            raise ConfigError(source, f"{key}.{opt}", f"unknown option for a {kind!r} block; "
+                              f"known: {', '.join(sorted(schema))}, repeat")
+        options[opt] = _check_type(value, schema[opt][0], source, f"{key}.{opt}")
+    _check_block_values(kind, options, source, key, d_model)
+    return BlockSpec(kind, options), n
+
+
+def _check_block_values(kind: str, o: dict[str, Any], source: str, key: str, d_model: int) -> None:
+    def positive(name: str) -> None:
+        if name in o and not o[name] > 0:
+            raise ConfigError(source, f"{key}.{name}", f"must be > 0, got {o[name]}")
+
+    for name in ("d_state", "d_conv", "expand", "hidden_size", "n_heads", "n_units", "n_atoms",
+                 "dt", "dt_min", "dt_max"):
+        positive(name)
+    if "eps" in o and o["eps"] is not None and o["eps"] < 0:
+        raise ConfigError(source, f"{key}.eps", f"must be >= 0, got {o['eps']}")
+    if kind == "mamba":
+        if o.get("scheme", "euler_b") not in ("euler_b", "zoh"):
+            raise ConfigError(source, f"{key}.scheme",
+                              f"unknown scheme {o['scheme']!r}; one of euler_b, zoh")
+        if isinstance(o.get("dt_rank"), str) and o["dt_rank"] != "auto":
+            raise ConfigError(source, f"{key}.dt_rank", "an int or 'auto'")
+    if kind == "attention":
+        heads = o.get("n_heads", 1)
+        if d_model % heads:
+            raise ConfigError(source, f"{key}.n_heads",
+                              f"{heads} does not divide d_model = {d_model}")
+        if o.get("eps") == 0:
+            raise ConfigError(source, f"{key}.eps", "attention temperature must be > 0")
+    if kind == "lse" and o.get("n_atoms", 4) < 1:
+        raise ConfigError(source, f"{key}.n_atoms", "must be >= 1")
+
+
+def _check_type(value: Any, types: tuple[type, ...], source: str, key: str) -> Any:
+    """Check ``value`` against ``types`` (an int is accepted where a float is expected; a bool
+    is never accepted as a number). Returns the value, ints promoted to float where wanted."""
+    if isinstance(value, bool):
+        ok = bool in types
+    elif isinstance(value, int) and float in types and int not in types:
+        return float(value)
+    else:
+        ok = isinstance(value, tuple(t for t in types if t is not bool))
+    if not ok:
+        want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ConfigError(source, key, f"expected {want}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,162 @@
+"""Byte-level data: the default corpus, the train/val split, batches and the unigram baseline.
+
+The default corpus is the Python standard library's own ``.py`` sources on this machine
+(``sysconfig.get_paths()["stdlib"]``, without ``site-packages``/``dist-packages``): sorted
+file list, a deterministic split by file (CRC32 of the relative path), so it works offline
+and gives the same split everywhere for a given Python version.
+
+Batches are a pure function of ``(seed, step)``: step ``s`` draws its window offsets from a
+generator seeded by ``(seed, s)``. The data position of a run is therefore just its step,
+which makes ``--resume`` exact and lets DDP ranks shard one global batch without talking.
+"""
+from __future__ import annotations
+
+import math
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+@dataclass
+class Corpus:
+    """Train and validation bytes as uint8 tensors, and where they came from."""
+
+    train: Tensor
+    val: Tensor
+    name: str
+    n_files: int
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.n_files} file(s), train {self.train.numel() / 1e6:.2f} MB, "
+                f"val {self.val.numel() / 1e6:.2f} MB")
+
+
+def stdlib_files() -> tuple[Path, list[Path]]:
+    """The standard library root and its ``.py`` files (sorted, relative to the root)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p.relative_to(root) for p in root.rglob("*.py")
+                   if not _SKIP_DIRS.intersection(p.relative_to(root).parts) and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no .py files under the standard library at {root}; "
+                                "pass --data FILE|DIR with your own text")
+    return root, files
+
+
+def _is_val(rel: Path, val_fraction: float) -> bool:
+    return zlib.crc32(rel.as_posix().encode()) / 2**32 < val_fraction
+
+
+def _split_files(root: Path, files: list[Path], val_fraction: float) -> tuple[bytes, bytes]:
+    train, val = [], []
+    for rel in files:
+        (val if _is_val(rel, val_fraction) else train).append((root / rel).read_bytes())
+    if not train or not val:
+        raise ValueError(f"val_fraction={val_fraction} leaves an empty split of {len(files)} "
+                         "files; use more files or a different val_fraction")
+    return b"\n".join(train), b"\n".join(val)
+
+
+def load_corpus(data: str | Path | None = None, val_fraction: float = 0.05) -> Corpus:
+    """Read the corpus. ``data=None``: the standard library; a directory: all its files
+    (recursively, sorted, hidden files skipped), split by file; a file: its last
+    ``val_fraction`` of bytes is the validation split."""
+    if data is None:
+        root, files = stdlib_files()
+        train, val = _split_files(root, files, val_fraction)
+        name = f"python stdlib ({root})"
+    else:
+        path = Path(data)
+        if path.is_dir():
+            files = sorted(p.relative_to(path) for p in path.rglob("*")
+                           if p.is_file() and not any(s.startswith(".") for s in
+                                                      p.relative_to(path).parts))
+            if not files:
+                raise FileNotFoundError(f"--data {path}: the directory holds no files")
+            train, val = _split_files(path, files, val_fraction)
+            name = str(path)
+        elif path.is_file():
+            raw = path.read_bytes()
+            cut = int(len(raw) * (1 - val_fraction))
+            train, val = raw[:cut], raw[cut:]
+            files, name = [path], str(path)
+        else:
+            raise FileNotFoundError(f"--data {path}: no such file or directory")
+    corpus = Corpus(torch.frombuffer(bytearray(train), dtype=torch.uint8),
+                    torch.frombuffer(bytearray(val), dtype=torch.uint8), name, len(files))
+    return corpus
+
+
+def _check_len(data: Tensor, seq_len: int, what: str) -> None:
+    if data.numel() < seq_len + 2:
+        raise ValueError(f"the {what} split has {data.numel()} bytes, fewer than seq_len + 2 = "
+                         f"{seq_len + 2}; use more data or a smaller seq_len")
+
+
+def windows(data: Tensor, offsets: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Inputs and next-byte targets ``(n, seq_len)`` (long) at the given start offsets."""
+    idx = offsets[:, None] + torch.arange(seq_len + 1)
+    chunk = data[idx].long()
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def train_batch(data: Tensor, step: int, batch_size: int, seq_len: int, seed: int,
+                rank: int = 0, world_size: int = 1, accum_steps: int = 1
+                ) -> list[tuple[Tensor, Tensor]]:
+    """This rank's micro-batches of the global batch of optimizer step ``step``.
+
+    The global batch (``batch_size`` random windows, a function of ``(seed, step)``) is
+    split into ``world_size`` equal contiguous shards, and each shard into ``accum_steps``
+    equal micro-batches. Returns a list of ``(x, y)`` pairs, each ``(batch_size /
+    (world_size * accum_steps), seq_len)``.
+    """
+    parts = world_size * accum_steps
+    if batch_size % parts:
+        raise ValueError(f"batch_size={batch_size} must be divisible by world_size * "
+                         f"accum_steps = {world_size} * {accum_steps}")
+    _check_len(data, seq_len, "train")
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    offsets = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=g)
+    per_rank = batch_size // world_size
+    mine = offsets[rank * per_rank:(rank + 1) * per_rank]
+    return [windows(data, o, seq_len) for o in mine.chunk(accum_steps)]
+
+
+def val_offsets(data: Tensor, n_windows: int, seq_len: int) -> Tensor:
+    """``n_windows`` evenly spaced, fixed window offsets over the validation split."""
+    _check_len(data, seq_len, "validation")
+    last = data.numel() - seq_len - 1
+    return torch.linspace(0, last, n_windows).long()
+
+
+def unigram_bpb(train: Tensor, val: Tensor) -> float:
+    """Bits per byte of the byte-frequency model fitted on ``train`` (add-one smoothing),
+    measured on ``val``: the baseline a sequence model has to beat."""
+    p = (torch.bincount(train.long(), minlength=256).double() + 1)
+    p = p / p.sum()
+    counts = torch.bincount(val.long(), minlength=256).double()
+    return float(-(counts * p.log2()).sum() / counts.sum())
+
+
+def bits_per_byte(mean_nats: float) -> float:
+    """Convert a mean cross entropy per byte in nats to bits per byte."""
+    return mean_nats / math.log(2)
+
+
+def encode(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decode(ids: list[int] | Tensor) -> str:
+    """Bytes to text (invalid UTF-8 shown as U+FFFD). Ids must be bytes (< 256)."""
+    if isinstance(ids, Tensor):
+        ids = ids.tolist()
+    if any(not 0 <= int(i) < 256 for i in ids):
+        raise ValueError("decode expects byte ids in [0, 256); this model's vocabulary is not "
+                         "byte-level, so decode its ids with its own tokenizer")
+    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
