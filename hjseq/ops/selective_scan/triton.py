@@ -1,0 +1,482 @@
+"""Triton backend of ``selective_scan`` (forward and backward), see ref.py for the definition.
+
+One program owns ``(sequence s, group g, a block of BLOCK_D channels of g)`` with all N
+state entries, and walks the sequence in tiles of T steps. Inside a tile the recurrence
+``h_t = Ā_t h_{t-1} + B̄_t u_t`` is a parallel ``tl.associative_scan`` over the
+(BLOCK_D, T, N) tile, seeded with the carry from the previous tile:
+``h_t = (Π_{s≤t} Ā_s) h_{t0-1} + scan(Ā, B̄u)_t``. All arithmetic is float32 (float64 for
+float64 inputs) whatever the input dtype.
+
+Memory: the forward saves only the state entering each tile, (slots, D, N) with one slot
+per T steps -- never (B, D, L, N). The backward walks the tiles in reverse, recomputes the
+tile's states from its saved entry, and runs the adjoint (co-state) recurrence
+``g_t = C_t dy_t + Ā_{t+1} g_{t+1}`` as a reverse scan, carrying ``Ā_{t0} g_{t0}``
+(the gradient of the state entering the tile) to the previous tile.
+
+Gradients, with ``β_t = s_t B_t u_t`` (``s = Δ`` for euler_b, ``s = expm1(ΔA)/A`` for zoh)::
+
+    dC_t = Σ_d dy_t h_t          dB_t = Σ_d g_t s_t u_t        du_t = D dy_t + Σ_n g_t s_t B_t
+    dΔ_t = Σ_n [ g_t (h_t − β_t) A + g_t B_t u_t ∂s/∂Δ ]       (g_t (h_t − β_t) = g_t Ā_t h_{t−1})
+    dA   = Σ_t [ g_t (h_t − β_t) Δ_t + g_t B_t u_t ∂s/∂A ]     dh_{init} = Ā_0 g_0
+
+dB and dC sum over the channels of a group across programs (atomic adds into float32/64
+buffers); dA, dD and d(delta_bias) are reduced per sequence in the kernel and over
+sequences in torch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._registry import BackendUnavailable
+from .._triton_common import (acc_dtype, pick_tile, same_device, scan_combine, tile_offsets,
+                              tl, tl_dtype, triton, unavailable_reason)
+
+OP = "selective_scan"
+
+if triton is not None:
+
+    @triton.jit
+    def _expm1_over_x(x):
+        """``expm1(x)/x`` (→ 1 at x = 0), accurate for small |x| where exp(x) − 1 cancels."""
+        small = tl.abs(x) < 0.1
+        # Σ_k x^k/(k+1)!, truncation error < 1e-17 for |x| < 0.1
+        series = 1.0 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (1 / 720 + x * (
+            1 / 5040 + x * (1 / 40320 + x * (1 / 362880 + x / 3628800))))))))
+        safe = tl.where(small, 1.0, x)
+        return tl.where(small, series, (tl.exp(safe) - 1.0) / safe)
+
+    @triton.jit
+    def _dexpm1_over_x(x):
+        """``d/dx [expm1(x)/x] = (x eˣ − expm1(x))/x²`` (→ 1/2 at x = 0), by series near 0."""
+        small = tl.abs(x) < 0.1
+        # Σ_{k≥2} (k−1) x^(k−2)/k!, truncation error < 1e-17 for |x| < 0.1
+        series = 1 / 2 + x * (1 / 3 + x * (1 / 8 + x * (1 / 30 + x * (1 / 144 + x * (1 / 840 + x * (
+            1 / 5760 + x * (1 / 45360 + x * (1 / 403200 + x / 3991680))))))))
+        safe = tl.where(small, 1.0, x)
+        return tl.where(small, series, (safe * tl.exp(safe) - (tl.exp(safe) - 1.0)) / (safe * safe))
+
+    @triton.jit
+    def _softplus(x):
+        """``log(1 + eˣ)`` as torch computes it (identity above 20), with log1p accuracy."""
+        e = tl.exp(tl.minimum(x, 20.0))
+        w = 1.0 + e
+        lp = tl.where(w == 1.0, e, tl.log(w) * e / tl.where(w == 1.0, 1.0, w - 1.0))
+        return tl.where(x > 20.0, x, lp)
+
+    @triton.jit
+    def _dsoftplus(x):
+        """Derivative of :func:`_softplus`: sigmoid(x), exactly 1 above 20 as in torch."""
+        return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+
+    @triton.jit
+    def _load_tile(ptr, b, s_b, d, s_d, t, s_l, mask, ACC: tl.constexpr):
+        """(BLOCK_D, T) tile of a (B, D, L) tensor, as ACC."""
+        return tl.load(ptr + b * s_b + d[:, None] * s_d + t[None, :] * s_l, mask=mask,
+                       other=0.0).to(ACC)
+
+    @triton.jit
+    def _step_factors(delta, A, ZOH: tl.constexpr):
+        """Ā = exp(ΔA) and the B-scale s (Δ or expm1(ΔA)/A) on the (BLOCK_D, T, N) tile."""
+        dA = delta[:, :, None] * A[:, None, :]
+        a = tl.exp(dA)
+        if ZOH:
+            s = delta[:, :, None] * _expm1_over_x(dA)
+        else:
+            s = delta[:, :, None] + tl.zeros_like(dA)
+        return a, s, dA
+
+    @triton.jit
+    def _ssm_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv_ptr, z_ptr, bias_ptr, h0_ptr,
+            out_ptr, states_ptr, hT_ptr, cu_ptr, slot_ptr,
+            L, DG, N,
+            s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
+            s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+            s_hs, s_hd, s_hn,
+            BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_H0: tl.constexpr,
+            VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr):
+        pid_s = tl.program_id(0)
+        pid_g = tl.program_id(1)
+        pid_d = tl.program_id(2)
+        if VARLEN:
+            bos = tl.load(cu_ptr + pid_s).to(tl.int64)
+            eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+            b = 0
+        else:
+            bos = 0
+            eos = L
+            b = pid_s
+        dl = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = dl < DG
+        d = pid_g * DG + dl
+        n = tl.arange(0, BLOCK_N)
+        nmask = n < N
+        dn_mask = dmask[:, None] & nmask[None, :]
+        A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=dn_mask, other=0.0).to(ACC)
+        if HAS_D:
+            Dv = tl.load(Dv_ptr + d, mask=dmask, other=0.0).to(ACC)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)
+        hs_off = d[:, None] * s_hd + n[None, :] * s_hn
+        if HAS_H0:
+            h = tl.load(h0_ptr + pid_s * s_hs + hs_off, mask=dn_mask, other=0.0).to(ACC)
+        else:
+            h = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+        slot0 = tl.load(slot_ptr + pid_s)
+        B_base = B_ptr + b * s_Bb + pid_g * s_Bg
+        C_base = C_ptr + b * s_Cb + pid_g * s_Cg
+        tt = tl.arange(0, T)
+        n_tiles = tl.cdiv(eos - bos, T)
+        for k in range(0, n_tiles):
+            if SAVE_STATES:
+                tl.store(states_ptr + (slot0 + k) * s_hs + hs_off, h, mask=dn_mask)
+            t = bos + k * T + tt
+            tmask = t < eos
+            m2 = dmask[:, None] & tmask[None, :]
+            u = _load_tile(u_ptr, b, s_ub, d, s_ud, t, s_ul, m2, ACC)
+            delta = _load_tile(delta_ptr, b, s_db, d, s_dd, t, s_dl, m2, ACC)
+            if HAS_BIAS:
+                delta = delta + bias[:, None]
+            if SOFTPLUS:
+                delta = _softplus(delta)
+            tn_mask = tmask[:, None] & nmask[None, :]
+            Bt = tl.load(B_base + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tn_mask,
+                         other=0.0).to(ACC)
+            Ct = tl.load(C_base + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=tn_mask,
+                         other=0.0).to(ACC)
+            a, s, _ = _step_factors(delta, A, ZOH)
+            m3 = tmask[None, :, None]
+            a = tl.where(m3, a, 1.0)  # padded steps leave the state unchanged
+            beta = tl.where(m3, s * Bt[None, :, :] * u[:, :, None], 0.0)
+            a_cum, h_loc = tl.associative_scan((a, beta), 1, scan_combine)
+            hs = h_loc + a_cum * h[:, None, :]
+            y = tl.sum(hs * Ct[None, :, :], axis=2)
+            if HAS_D:
+                y += u * Dv[:, None]
+            if HAS_Z:
+                zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, y, mask=m2)
+            h = tl.sum(tl.where(tt[None, :, None] == T - 1, hs, 0.0), axis=1)
+        tl.store(hT_ptr + pid_s * s_hs + hs_off, h, mask=dn_mask)
+
+    @triton.jit
+    def _ssm_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv_ptr, z_ptr, bias_ptr,
+            dout_ptr, dhT_ptr, states_ptr, cu_ptr, slot_ptr,
+            du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+            L, DG, N, D_total,
+            s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
+            s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+            s_hs, s_hd, s_hn,
+            s_gb, s_gd, s_gl, s_dBb, s_dBg, s_dBn, s_dBl,
+            BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_DHT: tl.constexpr,
+            VARLEN: tl.constexpr, ACC: tl.constexpr):
+        pid_s = tl.program_id(0)
+        pid_g = tl.program_id(1)
+        pid_d = tl.program_id(2)
+        if VARLEN:
+            bos = tl.load(cu_ptr + pid_s).to(tl.int64)
+            eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+            b = 0
+        else:
+            bos = 0
+            eos = L
+            b = pid_s
+        dl = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        dmask = dl < DG
+        d = pid_g * DG + dl
+        n = tl.arange(0, BLOCK_N)
+        nmask = n < N
+        dn_mask = dmask[:, None] & nmask[None, :]
+        A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=dn_mask, other=0.0).to(ACC)
+        if HAS_D:
+            Dv = tl.load(Dv_ptr + d, mask=dmask, other=0.0).to(ACC)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)
+        hs_off = d[:, None] * s_hd + n[None, :] * s_hn
+        # P = gradient of the state entering the tile after the current one (Ā_{t1} g_{t1});
+        # for the last tile it is the gradient of the returned final state.
+        if HAS_DHT:
+            P = tl.load(dhT_ptr + pid_s * s_hs + hs_off, mask=dn_mask, other=0.0).to(ACC)
+        else:
+            P = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+        dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+        dD_acc = tl.zeros((BLOCK_D,), dtype=ACC)
+        dbias_acc = tl.zeros((BLOCK_D,), dtype=ACC)
+        slot0 = tl.load(slot_ptr + pid_s)
+        B_base = B_ptr + b * s_Bb + pid_g * s_Bg
+        C_base = C_ptr + b * s_Cb + pid_g * s_Cg
+        dB_base = dB_ptr + b * s_dBb + pid_g * s_dBg
+        dC_base = dC_ptr + b * s_dBb + pid_g * s_dBg
+        tt = tl.arange(0, T)
+        n_tiles = tl.cdiv(eos - bos, T)
+        for kk in range(0, n_tiles):
+            k = n_tiles - 1 - kk
+            h0 = tl.load(states_ptr + (slot0 + k) * s_hs + hs_off, mask=dn_mask, other=0.0)
+            t = bos + k * T + tt
+            tmask = t < eos
+            m2 = dmask[:, None] & tmask[None, :]
+            u = _load_tile(u_ptr, b, s_ub, d, s_ud, t, s_ul, m2, ACC)
+            dpre = _load_tile(delta_ptr, b, s_db, d, s_dd, t, s_dl, m2, ACC)
+            # Ā_{t+1} inside the tile (1 at its last step: the next tile enters through P)
+            nxt = t + 1
+            nmask2 = dmask[:, None] & ((tt + 1 < T) & (nxt < eos))[None, :]
+            dpre_next = _load_tile(delta_ptr, b, s_db, d, s_dd, nxt, s_dl, nmask2, ACC)
+            if HAS_BIAS:
+                dpre = dpre + bias[:, None]
+                dpre_next = dpre_next + bias[:, None]
+            if SOFTPLUS:
+                delta = _softplus(dpre)
+                delta_next = _softplus(dpre_next)
+            else:
+                delta = dpre
+                delta_next = dpre_next
+            tn_mask = tmask[:, None] & nmask[None, :]
+            Bt = tl.load(B_base + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tn_mask,
+                         other=0.0).to(ACC)
+            Ct = tl.load(C_base + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=tn_mask,
+                         other=0.0).to(ACC)
+            a, s, dA_t = _step_factors(delta, A, ZOH)
+            m3 = tmask[None, :, None]
+            a = tl.where(m3, a, 1.0)
+            Bu = Bt[None, :, :] * u[:, :, None]
+            beta = tl.where(m3, s * Bu, 0.0)
+            a_cum, h_loc = tl.associative_scan((a, beta), 1, scan_combine)
+            hs = h_loc + a_cum * h0[:, None, :]
+            dout = _load_tile(dout_ptr, b, s_gb, d, s_gd, t, s_gl, m2, ACC)
+            if HAS_Z:
+                zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
+                y = tl.sum(hs * Ct[None, :, :], axis=2)
+                if HAS_D:
+                    y += u * Dv[:, None]
+                sz = tl.sigmoid(zt)
+                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+                tl.store(dz_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, dz, mask=m2)
+                dy = dout * zt * sz
+            else:
+                dy = dout
+            if HAS_D:
+                dD_acc += tl.sum(dy * u, axis=1)
+                du = dy * Dv[:, None]
+            else:
+                du = tl.zeros_like(dy)
+            a_next = tl.where(nmask2[:, :, None], tl.exp(delta_next[:, :, None] * A[:, None, :]), 1.0)
+            c = dy[:, :, None] * Ct[None, :, :]
+            g_cum, g_loc = tl.associative_scan((a_next, c), 1, scan_combine, reverse=True)
+            g = tl.where(m3, g_loc + g_cum * P[:, None, :], 0.0)
+            # dC_t = Σ_d dy h_t, dB_t = Σ_d g s u: summed over this program's channels here,
+            # over the group's other channel blocks by the atomics
+            tl.atomic_add(dC_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
+                          tl.sum(dy[:, :, None] * hs, axis=0), mask=tn_mask)
+            gs = g * s
+            tl.atomic_add(dB_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
+                          tl.sum(gs * u[:, :, None], axis=0), mask=tn_mask)
+            du += tl.sum(gs * Bt[None, :, :], axis=2)
+            gh = g * (hs - beta)  # = g_t Ā_t h_{t-1}
+            gBu = g * Bu
+            ddelta = tl.sum(gh * A[:, None, :], axis=2)
+            dA_acc += tl.sum(gh * delta[:, :, None], axis=1)
+            if ZOH:
+                ddelta += tl.sum(gBu * a, axis=2)  # ∂s/∂Δ = exp(ΔA)
+                dA_acc += tl.sum(gBu * delta[:, :, None] * delta[:, :, None]
+                                 * _dexpm1_over_x(dA_t), axis=1)
+            else:
+                ddelta += tl.sum(gBu, axis=2)
+            if SOFTPLUS:
+                ddelta = ddelta * _dsoftplus(dpre)
+            ddelta = tl.where(m2, ddelta, 0.0)
+            dbias_acc += tl.sum(ddelta, axis=1)
+            tl.store(du_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, du, mask=m2)
+            tl.store(ddelta_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, ddelta,
+                     mask=m2)
+            P = tl.sum(tl.where(tt[None, :, None] == 0, a * g, 0.0), axis=1)
+            # a tile past the end (empty sequence) never runs; P then stays dhT
+        tl.store(dh0_ptr + pid_s * s_hs + hs_off, P, mask=dn_mask)
+        tl.store(dA_ptr + pid_s * D_total * BLOCK_N + d[:, None] * BLOCK_N + n[None, :], dA_acc,
+                 mask=dn_mask)
+        tl.store(dD_ptr + pid_s * D_total + d, dD_acc, mask=dmask)
+        tl.store(dbias_ptr + pid_s * D_total + d, dbias_acc, mask=dmask)
+
+
+def _config(length: int, dg: int, n: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_D, T, num_warps). On CUDA the tile is kept near 2-4K elements per
+    (BLOCK_D, T, N) block to stay in registers (untuned: no GPU has measured it yet)."""
+    block_n = triton.next_power_of_2(n)
+    if device.type == "cuda":
+        t = pick_tile(length, cap=32)
+        bd = max(1, min(triton.next_power_of_2(dg), 4096 // (t * block_n)))
+        return min(bd, 8), t, 4
+    # interpreter: numpy per tile op, so larger tiles mean fewer Python-level steps
+    return min(triton.next_power_of_2(dg), 16), pick_tile(length, cap=64), 1
+
+
+def _as4d(X: Tensor) -> Tensor:
+    """(B, N, L) -> (B, 1, N, L) view; (B, G, N, L) unchanged."""
+    return X.unsqueeze(1) if X.dim() == 3 else X
+
+
+class _Meta:
+    """Shapes and launch parameters shared by the forward and backward launches."""
+
+    def __init__(self, u: Tensor, A: Tensor, B4: Tensor, cu_seqlens: Tensor | None):
+        self.batch, self.dim, self.L = u.shape
+        self.N = A.shape[1]
+        self.G = B4.shape[1]
+        self.DG = self.dim // self.G
+        self.block_d, self.T, self.num_warps = _config(self.L, self.DG, self.N, u.device)
+        self.block_n = triton.next_power_of_2(self.N)
+        self.n_seq = self.batch if cu_seqlens is None else cu_seqlens.numel() - 1
+        self.grid = (self.n_seq, self.G, triton.cdiv(self.DG, self.block_d))
+        self.acc = acc_dtype(u.dtype)
+
+
+def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_seqlens,
+             save_states):
+    m = _Meta(u, A, B4, cu_seqlens)
+    slots, n_slots = tile_offsets(cu_seqlens, m.batch, m.L, m.T, u.device)
+    out = torch.empty_like(u)
+    hT = torch.empty(m.n_seq, m.dim, m.N, device=u.device, dtype=m.acc)
+    states = (torch.empty(n_slots, m.dim, m.N, device=u.device, dtype=m.acc) if save_states
+              else hT)
+    z_ = z if z is not None else u
+    cu = cu_seqlens if cu_seqlens is not None else slots
+    _ssm_fwd_kernel[m.grid](
+        u, delta, A, B4, C4, D if D is not None else u, z_,
+        delta_bias if delta_bias is not None else u, h0 if h0 is not None else hT,
+        out, states, hT, cu, slots,
+        m.L, m.DG, m.N,
+        *u.stride(), *delta.stride(), *z_.stride(), *out.stride(),
+        *A.stride(), *B4.stride(), *C4.stride(), *hT.stride(),
+        BLOCK_D=m.block_d, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=zoh,
+        HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None, SAVE_STATES=save_states,
+        ACC=tl_dtype(m.acc), num_warps=m.num_warps)
+    return out, hT, states, slots
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, zoh,
+                cu_seqlens):
+        B4, C4 = _as4d(B), _as4d(C)
+        need_grad = any(ctx.needs_input_grad)
+        out, hT, states, slots = _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
+                                          initial_state, zoh, cu_seqlens, need_grad)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
+                              states if need_grad else None, slots)
+        ctx.delta_softplus, ctx.zoh = bool(delta_softplus), zoh
+        return out, hT
+
+    @staticmethod
+    def backward(ctx, dout, dhT):
+        u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, states, slots = ctx.saved_tensors
+        B4, C4 = _as4d(B), _as4d(C)
+        m = _Meta(u, A, B4, cu_seqlens)
+        dev = u.device
+        dout = dout.contiguous() if dout is not None else torch.zeros_like(u)
+        # du, ddelta, dz are written with one (contiguous) layout
+        du = torch.empty(u.shape, device=dev, dtype=u.dtype)
+        ddelta = torch.empty(u.shape, device=dev, dtype=delta.dtype)
+        dz = torch.empty(u.shape, device=dev, dtype=z.dtype) if z is not None else None
+        dB4 = torch.zeros(B4.shape, device=dev, dtype=m.acc)
+        dC4 = torch.zeros(C4.shape, device=dev, dtype=m.acc)
+        # per-sequence partial sums, reduced over sequences below
+        dA_p = torch.empty(m.n_seq, m.dim, m.block_n, device=dev, dtype=m.acc)
+        dD_p = torch.empty(m.n_seq, m.dim, device=dev, dtype=m.acc)
+        dbias_p = torch.empty(m.n_seq, m.dim, device=dev, dtype=m.acc)
+        dh0 = torch.empty(m.n_seq, m.dim, m.N, device=dev, dtype=m.acc)
+        z_ = z if z is not None else u
+        dz_ = dz if dz is not None else du
+        cu = cu_seqlens if cu_seqlens is not None else slots
+        _ssm_bwd_kernel[m.grid](
+            u, delta, A, B4, C4, D if D is not None else u, z_,
+            delta_bias if delta_bias is not None else u,
+            dout, dhT.contiguous() if dhT is not None else dh0, states, cu, slots,
+            du, ddelta, dz_, dB4, dC4, dA_p, dD_p, dbias_p, dh0,
+            m.L, m.DG, m.N, m.dim,
+            *u.stride(), *delta.stride(), *z_.stride(), *du.stride(),
+            *A.stride(), *B4.stride(), *C4.stride(), *dh0.stride(),
+            *dout.stride(), *dB4.stride(),
+            BLOCK_D=m.block_d, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+            ZOH=ctx.zoh, HAS_DHT=dhT is not None, VARLEN=cu_seqlens is not None,
+            ACC=tl_dtype(m.acc), num_warps=m.num_warps)
+        dA = dA_p[:, :, :m.N].sum(0).to(A.dtype)
+        dD = dD_p.sum(0).to(D.dtype) if D is not None else None
+        dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+        dB = dB4.reshape(B.shape).to(B.dtype)
+        dC = dC4.reshape(C.shape).to(C.dtype)
+        dh0 = dh0.to(h0.dtype) if h0 is not None else None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0, None, None
+
+
+def _check(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias,
+           initial_state, scheme: str, cu_seqlens) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"{OP}: u must be (B, D, L), got shape {tuple(u.shape)}")
+    batch, dim, L = u.shape
+    for name, t in (("delta", delta), ("z", z)):
+        if t is not None and t.shape != u.shape:
+            raise ValueError(f"{OP}: {name} must have u's shape {tuple(u.shape)}, "
+                             f"got {tuple(t.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"{OP}: A must be (D, N) = ({dim}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    for name, X in (("B", B), ("C", C)):
+        ok = (X.dim() == 3 and X.shape == (batch, N, L)) or (
+            X.dim() == 4 and X.shape[0] == batch and X.shape[2:] == (N, L)
+            and X.shape[1] > 0 and dim % X.shape[1] == 0)
+        if not ok:
+            raise ValueError(f"{OP}: {name} must be (B, N, L) = {(batch, N, L)} or (B, G, N, L) "
+                             f"with G dividing D={dim}, got {tuple(X.shape)}")
+    if _as4d(B).shape[1] != _as4d(C).shape[1]:
+        raise ValueError(f"{OP}: B and C must have the same number of groups, got "
+                         f"{tuple(B.shape)} and {tuple(C.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise ValueError(f"{OP}: {name} must be ({dim},), got {tuple(t.shape)}")
+    if scheme not in ("euler_b", "zoh"):
+        raise ValueError(f"{OP}: scheme must be 'euler_b' or 'zoh', got {scheme!r}")
+    n_seq = batch
+    if cu_seqlens is not None:
+        from .._checks import check_cu_seqlens
+        n_seq = check_cu_seqlens(OP, cu_seqlens, batch, L)
+    if initial_state is not None and initial_state.shape != (n_seq, dim, N):
+        raise ValueError(f"{OP}: initial_state must be {(n_seq, dim, N)} "
+                         f"({'(S, D, N) with cu_seqlens' if cu_seqlens is not None else '(B, D, N)'}), "
+                         f"got {tuple(initial_state.shape)}")
+    same_device(OP, u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Tensor | None = None, z: Tensor | None = None,
+                          delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                          initial_state: Tensor | None = None, return_final_state: bool = False,
+                          scheme: str = "euler_b", cu_seqlens: Tensor | None = None):
+    """Triton selective scan; same arguments, shapes and results as ``selective_scan_ref``:
+    u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,);
+    initial_state (B, D, N) (or (S, D, N) with ``cu_seqlens`` (S+1,)). Returns y (B, D, L)
+    in u's dtype, and the float32/float64 final state with ``return_final_state``."""
+    _check(u, delta, A, B, C, D, z, delta_bias, initial_state, scheme, cu_seqlens)
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()  # read with the (S, D, N) state layout
+    y, hT = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                   initial_state, scheme == "zoh", cu_seqlens)
+    return (y, hT) if return_final_state else y
+
+
+def load() -> Callable:
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    return selective_scan_triton
