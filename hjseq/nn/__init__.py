@@ -1,0 +1,23 @@
+"""Blocks. Recurrent ones (HJRNN, HJGRU, HJLSTM, HJMamba) run on the one engine
+(:mod:`hjseq.engine`); HJAttention and LSELayer (``attention.py``, ``lse.py``) are imported
+lazily."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import RecurrentBlock
+from .gru import HJGRU
+from .lstm import HJLSTM
+from .rnn import HJRNN
+
+_LAZY = {"HJMamba": ".ssm", "HJAttention": ".attention", "LSELayer": ".lse"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["HJRNN", "HJGRU", "HJLSTM", "HJMamba", "HJAttention", "LSELayer", "RecurrentBlock"]

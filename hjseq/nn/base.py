@@ -1,0 +1,284 @@
+"""``RecurrentBlock``: the public API every recurrent block gets from the engine, the
+input/state validation, and the shared pieces of the torch-compatible cells (init,
+``from_torch``, the ``recurrent_scan`` kernel).
+
+A block subclass sets ``self.spec`` (an :class:`~hjseq.spec.HJSpec`), ``state_names`` and
+:meth:`state_shapes`, and overrides the engine hooks it needs (``prepare``, ``token_drive``,
+``flow_state``, ``readout``, ``finish``; see :mod:`hjseq.engine`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import engine
+from ..ops._registry import BackendUnavailable
+from ..spec import HJSpec, check_viscosity
+
+State = Union[Tensor, tuple[Tensor, ...]]
+
+
+class RecurrentBlock(nn.Module):
+    """Base class: ``forward``, ``step``, ``characteristics``, ``zero_state`` and validation.
+
+    Subclass contract: ``spec`` (HJSpec), ``input_size`` (int), ``state_names`` (tuple of
+    names; a single name means the state is one tensor, otherwise a tuple), ``state_shapes()``
+    (per-sample shapes), ``backend`` ("auto" | "ref" | "loop" | a named backend),
+    ``check_finite`` (bool: check parameters and inputs for NaN/inf on every call).
+    """
+
+    spec: HJSpec
+    input_size: int
+    state_names: tuple[str, ...] = ("h",)
+    backend: str = "auto"
+    check_finite: bool = False
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, x: Tensor, initial_state: State | None = None,
+                return_final_state: bool = False) -> Union[Tensor, tuple[Tensor, State]]:
+        """x (B, L, I) -> out (B, L, ·), and the final state if ``return_final_state``.
+        ``initial_state``: same format as the final state (zeros if None)."""
+        out, final, _ = engine.run(self, x, initial_state)
+        return (out, final) if return_final_state else out
+
+    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One token x_t (B, I) -> ``(y_t, state)`` (O(1) decoding; ``state=None`` is zeros)."""
+        return engine.step(self, x_t, state)
+
+    def trajectory(self, x: Tensor, initial_state: State | None = None) -> tuple[Tensor, Tensor]:
+        """``(out, states)``: outputs and the flow-state trajectory (B, L+1, *F) (reference
+        loop; with noise in training mode when ε > 0)."""
+        out, _, states = engine.run(self, x, initial_state, return_states=True)
+        return out, states
+
+    def characteristics(self, x: Tensor, initial_state: State | None = None
+                        ) -> engine.Characteristics:
+        """The characteristics view for the solver; see :mod:`hjseq.engine`."""
+        return engine.characteristics(self, x, initial_state)
+
+    def zero_state(self, x: Tensor) -> State:
+        """The zero state for the batch of x (B, L, I) (dtype/device of x)."""
+        return self.allocate_state(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def allocate_state(self, batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> State:
+        """A zero state for ``batch`` samples (defaults: the parameters' dtype and device)."""
+        p = next(self.parameters())
+        kw = dict(dtype=dtype or p.dtype, device=device or p.device)
+        parts = tuple(torch.zeros(batch, *shape, **kw) for shape in self.state_shapes())
+        return parts[0] if len(parts) == 1 else parts
+
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ config
+    @property
+    def dt(self) -> float:
+        """The time step Δ (nominal for data-dependent steps)."""
+        return self.spec.step.dt
+
+    @property
+    def eps(self) -> Any:
+        """The viscosity ε ≥ 0: noise √(2εΔ)ξ per step in training mode (0: deterministic)."""
+        return self.spec.viscosity
+
+    @eps.setter
+    def eps(self, value: Any) -> None:
+        value = check_viscosity(value)
+        if isinstance(value, nn.Parameter):  # a learnable ε: register it so it trains
+            self.viscosity = value
+        self.spec.viscosity = value
+
+    def _set_backend(self, backend: str) -> None:
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string ('auto', 'ref', 'loop', ...), got "
+                            f"{type(backend).__name__}")
+        self.backend = backend
+
+    # ------------------------------------------------------------------ validation
+    def _where(self) -> str:
+        return type(self).__name__
+
+    def check_input(self, x: Tensor) -> None:
+        """Check x is (B, L, input_size), L ≥ 1, floating, with the parameters' dtype/device."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self._where()}: x must be a Tensor (B, L, {self.input_size}), "
+                            f"got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(f"{self._where()}: x must have rank 3 (B, L, {self.input_size}) "
+                             f"(batch_first), got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{self._where()}: x must be (B, L, {self.input_size}) — last axis "
+                             f"is the input size — got shape {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError(f"{self._where()}: x has length L = 0; pass at least one token")
+        p = next(self.parameters())
+        if x.dtype != p.dtype:
+            raise TypeError(f"{self._where()}: x has dtype {x.dtype} but the parameters are "
+                            f"{p.dtype}; cast x or the module (e.g. .to({x.dtype}))")
+        if x.device != p.device:
+            raise ValueError(f"{self._where()}: x is on {x.device} but the parameters are on "
+                             f"{p.device}; move one of them")
+        if self.check_finite:
+            self.check_parameters()
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{self._where()}: x contains NaN or inf")
+
+    def check_parameters(self) -> None:
+        """Raise naming the first parameter that holds NaN/inf (and re-check ε ≥ 0)."""
+        for name, p in self.named_parameters():
+            if not torch.isfinite(p).all():
+                raise ValueError(f"{self._where()}: parameter {name!r} contains NaN or inf")
+        self.spec.validate()
+
+    def check_state(self, state: State, x: Tensor) -> State:
+        """Check a state against the batch of x: names, shapes (B, *shape), dtype, device."""
+        shapes = self.state_shapes()
+        names = self.state_names
+        single = len(names) == 1
+        parts = (state,) if single and isinstance(state, Tensor) else state
+        fmt = " , ".join(f"{n} (B, {', '.join(map(str, s))})" for n, s in zip(names, shapes))
+        if not isinstance(parts, (tuple, list)) or len(parts) != len(names):
+            raise ValueError(f"{self._where()}: initial_state/state must be "
+                             f"{'a tensor' if single else 'a tuple'} {fmt}, got "
+                             f"{type(state).__name__}")
+        for n, s, t in zip(names, shapes, parts):
+            want = (x.shape[0], *s)
+            if not isinstance(t, Tensor) or tuple(t.shape) != want:
+                raise ValueError(f"{self._where()}: state {n!r} must have shape {want} (batch "
+                                 f"{x.shape[0]} of x), got {engine._shape(t)}")
+            if t.dtype != x.dtype or t.device != x.device:
+                raise TypeError(f"{self._where()}: state {n!r} must match x's dtype/device "
+                                f"({x.dtype}, {x.device}), got ({t.dtype}, {t.device})")
+            if self.check_finite and not torch.isfinite(t).all():
+                raise ValueError(f"{self._where()}: state {n!r} contains NaN or inf")
+        return parts[0] if single else tuple(parts)
+
+    # ------------------------------------------------------------------ engine hooks
+    def prepare(self, x: Tensor, state: State) -> tuple[dict[str, Tensor], dict[str, Tensor],
+                                                         State]:
+        raise NotImplementedError
+
+    def token_drive(self, drive: dict[str, Tensor], state: State) -> dict[str, Tensor]:
+        return drive
+
+    def flow_state(self, state: State) -> Tensor:
+        return state
+
+    def readout(self, h: Tensor, drive: dict[str, Tensor], state: State) -> tuple[Tensor, State]:
+        return h, h
+
+    def finish(self, ys: Tensor, seq: dict[str, Tensor]) -> Tensor:
+        return ys
+
+
+class TorchCell(RecurrentBlock):
+    """Shared body of HJRNN/HJGRU/HJLSTM: torch's parameters (names, gate order, init) and
+    ``from_torch``. Subclasses set ``GATES`` (G), ``CELL`` (recurrent_scan cell name) and
+    ``TORCH`` (the torch module class), and build ``self.spec`` in ``_make_spec``."""
+
+    GATES: int = 1
+    CELL: str = ""
+    TORCH: type = nn.RNNBase
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dt: float = 1.0,
+                 eps: float = 0.0, backend: str = "auto", check_finite: bool = False,
+                 device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
+        G, kw = self.GATES * hidden_size, dict(device=device, dtype=dtype)
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **kw))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **kw))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(G, **kw))
+            self.bias_hh = nn.Parameter(torch.empty(G, **kw))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self._set_backend(backend)
+        self.check_finite = bool(check_finite)
+        self.spec = self._make_spec(dt, eps)
+        self.reset_parameters()
+
+    def _make_spec(self, dt: float, eps: float) -> HJSpec:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """torch's init: every weight and bias U(−1/√H, 1/√H)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple((self.hidden_size,) for _ in self.state_names)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, dt={self.dt}, "
+                f"eps={self.eps}, scheme={self.spec.scheme!r}, backend={self.backend!r}")
+
+    def _const(self) -> dict[str, Tensor]:
+        c = {"weight_hh": self.weight_hh}
+        if self.bias_hh is not None:
+            c["bias_hh"] = self.bias_hh
+        return c
+
+    def prepare(self, x: Tensor, state: State):
+        return {"u": F.linear(x, self.weight_ih, self.bias_ih)}, self._const(), state
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, dt: float = 1.0, eps: float = 0.0,
+                   backend: str = "auto") -> "TorchCell":
+        """Copy a one-layer, unidirectional ``torch.nn.{RNN,GRU,LSTM}`` (either
+        ``batch_first``; hjseq blocks are always batch_first). At ``dt=1, eps=0`` the block
+        reproduces the module's outputs and final states (``h_n[0]``, ``c_n[0]``)."""
+        name = cls.TORCH.__name__
+        if not isinstance(module, cls.TORCH):
+            raise TypeError(f"{cls.__name__}.from_torch: module must be a torch.nn.{name}, got "
+                            f"{type(module).__name__}")
+        if module.num_layers != 1:
+            raise ValueError(f"{cls.__name__}.from_torch: module must have num_layers=1, got "
+                             f"{module.num_layers}; stack one block per layer instead")
+        if module.bidirectional:
+            raise ValueError(f"{cls.__name__}.from_torch: bidirectional {name} is not supported "
+                             "(a causal HJ flow runs one way); use bidirectional=False")
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"{cls.__name__}.from_torch: proj_size={module.proj_size} is not "
+                             "supported; use proj_size=0")
+        if getattr(module, "nonlinearity", "tanh") != "tanh":
+            raise ValueError(f"{cls.__name__}.from_torch: nonlinearity="
+                             f"{module.nonlinearity!r} is not supported; use 'tanh'")
+        w = module.weight_ih_l0
+        block = cls(module.input_size, module.hidden_size, bias=module.bias, dt=dt, eps=eps,
+                    backend=backend, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                if getattr(block, p) is not None:
+                    getattr(block, p).copy_(getattr(module, p + "_l0"))
+        return block
+
+
+def recurrent_scan_kernel(cell: str):
+    """Engine kernel running a :class:`TorchCell` through the fused
+    ``hjseq.ops.recurrent_scan`` op (declines while that op is not installed)."""
+
+    def kernel(block: TorchCell, x: Tensor, state: State, noise: Tensor | None,
+               backend: str) -> tuple[Tensor, State]:
+        if importlib.util.find_spec("hjseq.ops.recurrent_scan") is None:
+            raise BackendUnavailable("hjseq.ops.recurrent_scan is not installed")
+        from ..ops.recurrent_scan import recurrent_scan
+        h0, c0 = state if cell == "lstm" else (state, None)
+        out, h_T, c_T = recurrent_scan(cell, x, block.weight_ih, block.weight_hh, block.bias_ih,
+                                       block.bias_hh, h0, c0, dt=block.dt, noise=noise,
+                                       backend=backend)
+        return out, ((h_T, c_T) if cell == "lstm" else h_T)
+
+    kernel.__name__ = f"recurrent_scan_{cell}"
+    return kernel
