@@ -1,0 +1,479 @@
+"""``hjseq train CONFIG``: train an :class:`~hjseq.models.lm.HJLM` on bytes.
+
+    hjseq train examples/configs/small.toml                  # default corpus: Python stdlib
+    hjseq train my.toml --data notes/ --out runs/notes --max-steps 500
+    hjseq train --resume --out runs/small                     # continue exactly
+    torchrun --nproc_per_node=2 -m hjseq train small.toml     # DDP (gloo on CPU, nccl on GPU)
+
+AdamW with linear warmup then cosine decay, global-norm gradient clipping, optional bf16
+autocast, gradient accumulation. Writes into ``--out``: ``metrics.jsonl`` (one line per
+step, plus validation lines), ``loss.png``, ``checkpoint.pt`` (atomic; everything needed to
+resume exactly), ``model/`` (``save_pretrained`` format, for ``hjseq generate``) and
+``summary.json``. Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint
+and exits with status 130.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hjseq.models import data as D
+from hjseq.models.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state,
+                                     save_checkpoint, set_rng_state)
+from hjseq.models.config import ModelConfig, RunConfig, TrainConfig, load_config
+from hjseq.models.lm import HJLM, cross_entropy
+
+INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports it
+
+
+# ---------------------------------------------------------------- progress bar
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "--:--"
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class ProgressBar:
+    """A one-line progress bar on a stream (stderr by default): step, loss, tokens/s, ETA.
+
+    On a terminal it redraws in place at most every ``min_interval`` s; on a pipe or file it
+    writes a plain line every ``every`` steps (and at the end), so logs stay readable."""
+
+    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None,
+                 every: int = 10, min_interval: float = 0.2, width: int = 24) -> None:
+        self.total, self.start, self.every, self.width = total, start, every, width
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.min_interval = min_interval
+        self.t0 = time.perf_counter()
+        self._last_draw = 0.0
+
+    def line(self, step: int, loss: float, tok_per_s: float) -> str:
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total - step) if done > 0 else float("inf")
+        filled = int(self.width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (self.width - filled)
+        return (f"[{bar}] {step}/{self.total} loss {loss:.4f} | {tok_per_s / 1e3:.1f}k tok/s | "
+                f"{_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}")
+
+    def update(self, step: int, loss: float, tok_per_s: float) -> None:
+        now = time.perf_counter()
+        last = step >= self.total
+        if self.tty:
+            if last or now - self._last_draw >= self.min_interval:
+                self.stream.write("\r" + self.line(step, loss, tok_per_s) + "\x1b[K")
+                self._last_draw = now
+        elif last or step % self.every == 0:
+            self.stream.write(self.line(step, loss, tok_per_s) + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """Print a line without breaking the bar."""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str | None) -> Dist:
+    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``):
+    gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world <= 1:
+        return Dist(0, 1, torch.device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, dev)
+
+
+def _all_mean(x: float, d: Dist) -> float:
+    if not d.enabled:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return float(t) / d.world_size
+
+
+# ---------------------------------------------------------------- optimisation
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms, biases, 1-D params, nor the SSM's
+    ``A_log``, whose decay would pull the eigenvalues of A towards −1)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and not name.endswith("A_log") else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at ``step``: linear warmup, then cosine to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: torch.Tensor, cfg: TrainConfig, d: Dist) -> float:
+    """Validation bits per byte over ``eval_batches * batch_size`` fixed windows (sharded
+    over ranks, summed back)."""
+    was_training = model.training
+    model.eval()
+    offsets = D.val_offsets(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
+    mine = offsets[d.rank::d.world_size]
+    total = torch.zeros(2, dtype=torch.float64, device=d.device)
+    for chunk in mine.split(max(1, cfg.batch_size // d.world_size)):
+        x, y = (t.to(d.device) for t in D.windows(val, chunk, cfg.seq_len))
+        with _autocast(cfg, d):
+            logits = model(x)
+        total[0] += float(cross_entropy(logits, y)) * y.numel()
+        total[1] += y.numel()
+    if d.enabled:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return D.bits_per_byte(float(total[0] / total[1]))
+
+
+def _autocast(cfg: TrainConfig, d: Dist):
+    if not cfg.bf16:
+        return nullcontext()
+    return torch.autocast(d.device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int                      # optimizer steps completed
+    losses: dict[int, float]       # step -> training loss (nats/byte), this invocation only
+    val_bpb: float | None
+    unigram_bpb: float | None
+    interrupted: bool
+    sample: str = ""
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checks it after each step. A second Ctrl-C falls
+    through to Python's default (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.set = True
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def plot_metrics(metrics_path: Path, out_png: Path, unigram_bpb: float | None = None) -> None:
+    """Loss curve: training loss (bits/byte) per step, validation bpb, unigram baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    tr = [(r["step"], D.bits_per_byte(r["loss"])) for r in rows if "loss" in r]
+    va = [(r["step"], r["val_bpb"]) for r in rows if "val_bpb" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if tr:
+        ax.plot(*zip(*tr), lw=1, alpha=0.8, label="train (bits/byte)")
+    if va:
+        ax.plot(*zip(*va), "o-", label="validation bpb")
+    if unigram_bpb is not None:
+        ax.axhline(unigram_bpb, color="gray", ls="--", label=f"unigram baseline {unigram_bpb:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = False,
+          device: str | None = None, stream: TextIO | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train ``run.model`` with ``run.train`` settings, writing into ``out_dir``.
+
+    ``resume``: True continues from ``out_dir/checkpoint.pt``, a path from that checkpoint.
+    ``on_step(step, loss)`` is called after every optimizer step (rank 0; used by tests).
+    Returns a :class:`TrainResult`. Under ``torchrun`` every rank calls this.
+    """
+    cfg = run.train
+    out = Path(out_dir)
+    d = setup_distributed(device)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out if resume is True else Path(resume))
+        if ckpt["config"]["model"] != run.model.to_dict():
+            raise ValueError("--resume: the checkpoint's [model] differs from the config given; "
+                             "resume without a CONFIG to use the checkpoint's own")
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = ProgressBar(cfg.steps, stream=stream, every=cfg.log_interval)
+    log.start = ckpt["step"] if ckpt else 0
+
+    corpus = D.load_corpus(cfg.data, cfg.val_fraction)
+    torch.manual_seed(cfg.seed)
+    model = HJLM(run.model).to(d.device)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    start, tokens_seen = 0, 0
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        start, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
+    ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index]
+                                               if d.device.type == "cuda" else None)
+           if d.enabled else model)
+
+    metrics = out / "metrics.jsonl"
+    if d.is_main:
+        if ckpt:
+            _truncate_metrics(metrics, start)
+        elif metrics.exists():
+            metrics.unlink()
+        log.message(f"hjseq train: {run.source} -> {out}  ({d.world_size} process(es), "
+                    f"{d.device}, bf16={cfg.bf16})")
+        log.message(corpus.describe())
+        log.message(model.summary())
+        if ckpt:
+            log.message(f"resuming at step {start}")
+    unigram = D.unigram_bpb(corpus.train, corpus.val)
+
+    def checkpoint(step: int) -> None:
+        rngs = [rng_state()]
+        if d.enabled:  # every rank's RNG, so each resumes its own stream
+            rngs = [None] * d.world_size
+            dist.all_gather_object(rngs, rng_state())
+        if d.is_main:
+            save_checkpoint(out / CHECKPOINT_NAME, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rngs, "step": step,
+                "tokens_seen": tokens_seen, "config": run.to_dict(), "world_size": d.world_size,
+            })
+        if d.enabled:
+            dist.barrier()
+
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    losses: dict[int, float] = {}
+    val_bpb = None
+    step = start
+    interrupted = False
+    ddp.train()
+    with _StopFlag() as stop:
+        t_last, step_last = time.perf_counter(), start
+        log.t0 = t_last
+        while step < cfg.steps:
+            micro = D.train_batch(corpus.train, step, cfg.batch_size, cfg.seq_len, cfg.seed,
+                                  d.rank, d.world_size, cfg.accum_steps)
+            loss_sum = 0.0
+            for i, (x, y) in enumerate(micro):
+                x, y = x.to(d.device), y.to(d.device)
+                sync = i == len(micro) - 1 or not d.enabled
+                with (nullcontext() if sync else ddp.no_sync()), _autocast(cfg, d):
+                    loss = cross_entropy(ddp(x), y) / len(micro)
+                loss.backward()
+                loss_sum += float(loss.detach())
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            loss_val = _all_mean(loss_sum, d)
+            if not math.isfinite(loss_val):
+                raise FloatingPointError(f"training loss is {loss_val} at step {step}; lower "
+                                         "[train].lr or raise warmup_steps")
+            losses[step] = loss_val
+            now = time.perf_counter()
+            tok_s = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+            if d.is_main:
+                _write_jsonl(metrics, {"step": step, "loss": loss_val,
+                                       "lr": scheduler.get_last_lr()[0],
+                                       "tokens": tokens_seen, "tok_per_s": round(tok_s, 1)})
+                log.update(step, loss_val, tok_s)
+                if on_step is not None:
+                    on_step(step, loss_val)
+            if step % cfg.eval_interval == 0 or step == cfg.steps:
+                val_bpb = evaluate(ddp, corpus.val, cfg, d)
+                if d.is_main:
+                    _write_jsonl(metrics, {"step": step, "val_bpb": val_bpb})
+                    log.message(f"step {step}: val bpb {val_bpb:.4f} (unigram {unigram:.4f})")
+            stop_now = stop.set
+            if d.enabled:
+                flag = torch.tensor([float(stop_now)], device=d.device)
+                dist.all_reduce(flag)
+                stop_now = bool(flag.item() > 0)
+            if stop_now:
+                interrupted = True
+                break
+            if step % cfg.checkpoint_interval == 0 and step < cfg.steps:
+                checkpoint(step)
+            t_last, step_last = time.perf_counter(), step
+    checkpoint(step)
+    log.close()
+    sample = ""
+    if d.is_main:
+        if interrupted:
+            log.message(f"interrupted: checkpoint at step {step} in {out / CHECKPOINT_NAME}; "
+                        f"continue with --resume --out {out}")
+        else:
+            model.save_pretrained(out / "model")
+            sample = _sample(model, cfg)
+            summary = {"val_bpb": val_bpb, "unigram_bpb": unigram, "steps": step,
+                       "tokens_seen": tokens_seen, "params": model.num_params(),
+                       "corpus": corpus.name, "sample": sample}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            plot_metrics(metrics, out / "loss.png", unigram)
+        except ImportError:
+            log.message("matplotlib not installed: no loss.png")
+    if d.enabled:
+        dist.barrier()
+    return TrainResult(out, step, losses, val_bpb, unigram, interrupted, sample)
+
+
+def _sample(model: HJLM, cfg: TrainConfig, prompt: str = "def ") -> str:
+    from hjseq.models.generate import generate
+
+    if model.config.vocab_size != 256:
+        return ""
+    ids = generate(model, D.encode(prompt), cfg.sample_chars, temperature=0.8, top_k=None,
+                   top_p=0.95, seed=cfg.seed)
+    return D.decode(D.encode(prompt) + ids)
+
+
+# ---------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="TOML/JSON config ([model] and [train] tables); "
+                   "optional with --resume (the checkpoint's own config is used)")
+    p.add_argument("--data", help="text FILE or DIR to train on (default: the Python stdlib)")
+    p.add_argument("--out", help="output directory (default: runs/<config name>)")
+    p.add_argument("--max-steps", type=int, help="override [train].steps")
+    p.add_argument("--seed", type=int, help="override [train].seed")
+    p.add_argument("--batch-size", type=int, help="override [train].batch_size (global)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from OUT/checkpoint.pt (or the given checkpoint file)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+
+
+def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
+    t = run.train.to_dict()
+    for key, val in (("data", args.data), ("steps", args.max_steps), ("seed", args.seed),
+                     ("batch_size", args.batch_size)):
+        if val is not None:
+            t[key] = val
+    if args.bf16:
+        t["bf16"] = True
+    return RunConfig(run.model, TrainConfig.from_dict(t, "command line", "--"), run.source)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.config is None and not args.resume:
+        print("hjseq train: give a CONFIG (e.g. examples/configs/small.toml) or --resume",
+              file=sys.stderr)
+        return 2
+    if args.config is not None:
+        run = load_config(args.config)
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+    else:
+        if args.out is None and args.resume is True:
+            print("hjseq train --resume: give --out DIR (or the checkpoint path)", file=sys.stderr)
+            return 2
+        out = Path(args.out) if args.out else Path(args.resume).parent
+        ck = load_checkpoint(out if args.resume is True else args.resume)
+        run = RunConfig(ModelConfig.from_dict(ck["config"]["model"], "checkpoint", "model"),
+                        TrainConfig.from_dict(ck["config"]["train"], "checkpoint", "train"),
+                        str(out / CHECKPOINT_NAME))
+        del ck
+    run = _apply_overrides(run, args)
+    result = train(run, out, resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0 and not result.interrupted:
+        print(f"validation: {result.val_bpb:.4f} bits/byte  "
+              f"(unigram baseline of the same corpus: {result.unigram_bpb:.4f})")
+        print(f"model saved to {out / 'model'}; metrics {out / 'metrics.jsonl'}, "
+              f"plot {out / 'loss.png'}")
+        print("sample:\n" + result.sample)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return INTERRUPTED if result.interrupted else 0
