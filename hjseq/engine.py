@@ -173,6 +173,12 @@ def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
                       *((drives, pre, seq) if record else (None, None, None)))
 
 
+def _start(block: Any, x: Tensor, initial_state: Any) -> Any:
+    """Validate x and the initial state; return the state to start from (zeros if None)."""
+    block.check_input(x)
+    return block.zero_state(x) if initial_state is None else block.check_state(initial_state, x)
+
+
 def run(block: Any, x: Tensor, initial_state: Any = None, return_states: bool = False
         ) -> tuple[Tensor, Any, Tensor | None]:
     """Run ``block`` over x (B, L, I) from ``initial_state`` (zeros if None).
@@ -181,8 +187,7 @@ def run(block: Any, x: Tensor, initial_state: Any = None, return_states: bool = 
     state format, and (``return_states``) the flow-state trajectory (B, L+1, *F), else None.
     Dispatch: a registered kernel unless ``block.backend == "loop"`` or the trajectory is
     requested (kernels return only the final state)."""
-    block.check_input(x)
-    state = block.zero_state(x) if initial_state is None else block.check_state(initial_state, x)
+    state = _start(block, x, initial_state)
     noise = draw_noise(block, x, state)
     backend = block.backend
     if backend != "loop" and not return_states:
@@ -278,8 +283,7 @@ class Characteristics:
 def characteristics(block: Any, x: Tensor, initial_state: Any = None) -> Characteristics:
     """Run ``block`` deterministically over x (B, L, I) and return its
     :class:`Characteristics` (module docstring)."""
-    block.check_input(x)
-    state = block.zero_state(x) if initial_state is None else block.check_state(initial_state, x)
+    state = _start(block, x, initial_state)
     res = loop(block, x, state, None, return_states=True, record=True)
     return Characteristics(block, res.states, res.out, res.drives, res.seq, res.pre_states)
 

@@ -69,12 +69,18 @@ class RecurrentBlock(nn.Module):
                        device: torch.device | str | None = None) -> State:
         """A zero state for ``batch`` samples (defaults: the parameters' dtype and device)."""
         p = next(self.parameters())
-        kw = dict(dtype=dtype or p.dtype, device=device or p.device)
-        parts = tuple(torch.zeros(batch, *shape, **kw) for shape in self.state_shapes())
+        dtypes = self.state_dtypes(dtype or p.dtype)
+        parts = tuple(torch.zeros(batch, *shape, dtype=dt, device=device or p.device)
+                      for shape, dt in zip(self.state_shapes(), dtypes))
         return parts[0] if len(parts) == 1 else parts
 
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-sample shape of each state part (in ``state_names`` order)."""
         raise NotImplementedError
+
+    def state_dtypes(self, dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+        """dtype of each state part for inputs of ``dtype`` (default: all the input's)."""
+        return (dtype,) * len(self.state_names)
 
     # ------------------------------------------------------------------ config
     @property
@@ -147,14 +153,15 @@ class RecurrentBlock(nn.Module):
             raise ValueError(f"{self._where()}: initial_state/state must be "
                              f"{'a tensor' if single else 'a tuple'} {fmt}, got "
                              f"{type(state).__name__}")
-        for n, s, t in zip(names, shapes, parts):
+        for n, s, dt, t in zip(names, shapes, self.state_dtypes(x.dtype), parts):
             want = (x.shape[0], *s)
             if not isinstance(t, Tensor) or tuple(t.shape) != want:
                 raise ValueError(f"{self._where()}: state {n!r} must have shape {want} (batch "
                                  f"{x.shape[0]} of x), got {engine._shape(t)}")
-            if t.dtype != x.dtype or t.device != x.device:
-                raise TypeError(f"{self._where()}: state {n!r} must match x's dtype/device "
-                                f"({x.dtype}, {x.device}), got ({t.dtype}, {t.device})")
+            if t.dtype != dt or t.device != x.device:
+                raise TypeError(f"{self._where()}: state {n!r} must have dtype {dt} on "
+                                f"{x.device} (for x of dtype {x.dtype}), got ({t.dtype}, "
+                                f"{t.device})")
             if self.check_finite and not torch.isfinite(t).all():
                 raise ValueError(f"{self._where()}: state {n!r} contains NaN or inf")
         return parts[0] if single else tuple(parts)
