@@ -66,10 +66,17 @@ class GatedEuler(Euler):
 
     def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
              drive: Drive) -> Tensor:
-        if isinstance(dt, Tensor) and torch.broadcast_shapes(dt.shape, h.shape) != h.shape:
+        if isinstance(dt, Tensor) and not _broadcasts_to(dt.shape, h.shape):
             raise ValueError(f"gated_euler: the step Δ {tuple(dt.shape)} must broadcast to the "
                              f"state {tuple(h.shape)}")
         return super().step(hamiltonian, dt, t, h, drive)
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def _expm1_over(a: Tensor, dt: Step) -> Tensor:
