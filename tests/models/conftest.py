@@ -1,0 +1,38 @@
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from hjseq.models.config import load_config
+
+# A few standard-library files: a small, real byte corpus that loads in milliseconds.
+_FILES = ["textwrap.py", "json/__init__.py", "json/decoder.py", "json/encoder.py",
+          "json/scanner.py", "json/tool.py", "colorsys.py", "bisect.py", "keyword.py"]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = tmp_path_factory.mktemp("corpus")
+    for rel in _FILES:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, out / rel)
+    return out
+
+
+@pytest.fixture
+def tiny_run(corpus_dir: Path):
+    """``tiny_run(**train_overrides)``: a 2-block model (GRU + LSE MLP) small enough for a
+    test to train in a few seconds, on the small corpus."""
+    return lambda **train: _tiny_run(corpus_dir, **train)
+
+
+def _tiny_run(corpus_dir: Path, **train):
+    t = dict(steps=6, batch_size=4, seq_len=32, warmup_steps=2, eval_interval=3,
+             eval_batches=1, log_interval=1, checkpoint_interval=100, sample_chars=20,
+             val_fraction=0.3, data=str(corpus_dir))
+    t.update(train)
+    return load_config({"model": {"d_model": 16, "blocks": [
+        {"kind": "gru"}, {"kind": "lse", "n_units": 16, "n_atoms": 3, "eps": 0.5}]},
+        "train": t})
