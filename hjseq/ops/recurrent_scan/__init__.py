@@ -28,6 +28,9 @@ def _validate(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tensor,
         raise ValueError(f"{OP}: cell must be one of {list(CELLS)}, got {cell!r}")
     check_tensor(OP, "x", x, (None, None, None), "(B, L, I)")
     Bsz, L, I = x.shape
+    if L < 1:
+        raise ValueError(f"{OP}: x must have at least one time step (B, L, I) with L >= 1, "
+                         f"got {tuple(x.shape)}")
     if not isinstance(weight_hh, Tensor) or weight_hh.dim() != 2:
         check_tensor(OP, "weight_hh", weight_hh, (None, None), "(G*H, H)")
     H, G = weight_hh.shape[1], CELLS[cell]
