@@ -28,11 +28,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from .._triton_common import (acc_dtype, pick_tile, same_device, scan_combine, tile_offsets,
+from ._validate import check_args
+from .._triton_common import (acc_dtype, pick_tile, scan_combine, tile_offsets,
                               tl, tl_dtype, triton, unavailable_reason)
 
 OP = "selective_scan"
@@ -419,45 +419,6 @@ class _SelectiveScanFn(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0, None, None
 
 
-def _check(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias,
-           initial_state, scheme: str, cu_seqlens) -> None:
-    if u.dim() != 3:
-        raise ValueError(f"{OP}: u must be (B, D, L), got shape {tuple(u.shape)}")
-    batch, dim, L = u.shape
-    for name, t in (("delta", delta), ("z", z)):
-        if t is not None and t.shape != u.shape:
-            raise ValueError(f"{OP}: {name} must have u's shape {tuple(u.shape)}, "
-                             f"got {tuple(t.shape)}")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"{OP}: A must be (D, N) = ({dim}, N), got {tuple(A.shape)}")
-    N = A.shape[1]
-    for name, X in (("B", B), ("C", C)):
-        ok = (X.dim() == 3 and X.shape == (batch, N, L)) or (
-            X.dim() == 4 and X.shape[0] == batch and X.shape[2:] == (N, L)
-            and X.shape[1] > 0 and dim % X.shape[1] == 0)
-        if not ok:
-            raise ValueError(f"{OP}: {name} must be (B, N, L) = {(batch, N, L)} or (B, G, N, L) "
-                             f"with G dividing D={dim}, got {tuple(X.shape)}")
-    if _as4d(B).shape[1] != _as4d(C).shape[1]:
-        raise ValueError(f"{OP}: B and C must have the same number of groups, got "
-                         f"{tuple(B.shape)} and {tuple(C.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (dim,):
-            raise ValueError(f"{OP}: {name} must be ({dim},), got {tuple(t.shape)}")
-    if scheme not in ("euler_b", "zoh"):
-        raise ValueError(f"{OP}: scheme must be 'euler_b' or 'zoh', got {scheme!r}")
-    n_seq = batch
-    if cu_seqlens is not None:
-        from .._checks import check_cu_seqlens
-        n_seq = check_cu_seqlens(OP, cu_seqlens, batch, L)
-    if initial_state is not None and initial_state.shape != (n_seq, dim, N):
-        raise ValueError(f"{OP}: initial_state must be {(n_seq, dim, N)} "
-                         f"({'(S, D, N) with cu_seqlens' if cu_seqlens is not None else '(B, D, N)'}), "
-                         f"got {tuple(initial_state.shape)}")
-    same_device(OP, u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                initial_state=initial_state, cu_seqlens=cu_seqlens)
-
-
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                           D: Tensor | None = None, z: Tensor | None = None,
                           delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -467,7 +428,7 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,);
     initial_state (B, D, N) (or (S, D, N) with ``cu_seqlens`` (S+1,)). Returns y (B, D, L)
     in u's dtype, and the float32/float64 final state with ``return_final_state``."""
-    _check(u, delta, A, B, C, D, z, delta_bias, initial_state, scheme, cu_seqlens)
+    check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, scheme, cu_seqlens)
     if initial_state is not None:
         initial_state = initial_state.contiguous()  # read with the (S, D, N) state layout
     y, hT = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
