@@ -148,8 +148,9 @@ class RecurrentBlock(nn.Module):
         names = self.state_names
         single = len(names) == 1
         parts = (state,) if single and isinstance(state, Tensor) else state
-        fmt = " , ".join(f"{n} (B, {', '.join(map(str, s))})" for n, s in zip(names, shapes))
-        if not isinstance(parts, (tuple, list)) or len(parts) != len(names):
+        fmt = ", ".join(f"{n} (B, {', '.join(map(str, s))})" for n, s in zip(names, shapes))
+        if (single and not isinstance(state, Tensor)) or not isinstance(parts, (tuple, list)) \
+                or len(parts) != len(names):
             raise ValueError(f"{self._where()}: initial_state/state must be "
                              f"{'a tensor' if single else 'a tuple'} {fmt}, got "
                              f"{type(state).__name__}")
