@@ -45,7 +45,7 @@ BLOCK_KINDS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "mamba": {
         "d_state": ((int,), "SSM state size N"),
         "d_conv": ((int,), "causal depthwise conv width"),
-        "expand": ((int,), "inner width = expand * d_model"),
+        "expand": ((int, float), "inner width = expand * d_model"),
         "dt_rank": ((int, str), "rank of the time-step projection, or 'auto'"),
         "scheme": ((str,), "discretization: 'euler_b' (Mamba's) or 'zoh'"),
         "conv_bias": ((bool,), "bias in the causal conv"),
