@@ -1,0 +1,118 @@
+"""``backend="cuda"``: the hand-written CUDA selective scan in ``csrc/cuda/`` (forward and
+backward; block-wide scan over chunks of 1024 steps, chunk-entry states saved for the
+backward). Built on first use through :func:`hjseq.ops._build.load_extension`, only where
+torch has CUDA, a device is present and ``nvcc`` is found; otherwise ``load()`` raises
+:class:`~hjseq.ops._registry.BackendUnavailable` saying which is missing.
+
+Supported: both schemes, D, z, delta_bias/softplus, groups, initial/final state, fp32,
+fp16 and bf16 inputs (fp32 arithmetic). Declined by :func:`supports`: ``cu_seqlens``,
+float64, d_state > 256.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .._registry import BackendUnavailable
+from ._validate import check_args
+
+MAX_N = 256  # HJSS_MAX_N in csrc/cuda/selective_scan.h
+SOURCES = ["cuda/selective_scan.cu", "cuda/selective_scan_binding.cpp"]
+CUDA_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]
+
+
+def nvcc_path() -> str | None:
+    """The nvcc that torch's extension builder would use, or None."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+        return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def supports(**kw: Any) -> str | None:
+    """Reason this call cannot go to the CUDA kernel, or None."""
+    if kw.get("cu_seqlens") is not None:
+        return "the CUDA kernel has no packed sequences (cu_seqlens); use backend='triton'"
+    u, A = kw.get("u"), kw.get("A")
+    if u is not None and u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the CUDA kernel takes float32/float16/bfloat16, got {u.dtype}"
+    if A is not None and A.dim() == 2 and A.shape[1] > MAX_N:
+        return f"the CUDA kernel supports d_state <= {MAX_N}, got {A.shape[1]}"
+    return None
+
+
+def _ext():
+    from .._build import load_extension
+    return load_extension("selective_scan_cuda", SOURCES, extra_cuda_cflags=CUDA_FLAGS)
+
+
+class _CudaScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, zoh):
+        ext = _ext()
+        dt = u.dtype
+        u_, delta_ = u.contiguous(), delta.to(dt).contiguous()
+        B4 = (B.unsqueeze(1) if B.dim() == 3 else B).to(dt).contiguous()
+        C4 = (C.unsqueeze(1) if C.dim() == 3 else C).to(dt).contiguous()
+        z_ = z.to(dt).contiguous() if z is not None else None
+        A_ = A.float().contiguous()
+        D_ = D.float().contiguous() if D is not None else None
+        bias_ = delta_bias.float().contiguous() if delta_bias is not None else None
+        h0_ = h0.float().contiguous() if h0 is not None else None
+        out, hT, states, ypre = ext.forward(u_, delta_, A_, B4, C4, D_, z_, bias_,
+                                            bool(delta_softplus), h0_, zoh)
+        ctx.save_for_backward(u_, delta_, A_, B4, C4, D_, z_, bias_, states, ypre)
+        ctx.meta = (bool(delta_softplus), zoh, delta.dtype, A.dtype, B.shape, B.dtype, C.shape,
+                    C.dtype, None if D is None else D.dtype, None if z is None else z.dtype,
+                    None if delta_bias is None else delta_bias.dtype,
+                    None if h0 is None else h0.dtype)
+        return out, hT
+
+    @staticmethod
+    def backward(ctx, dout, dhT):
+        u, delta, A, B4, C4, D, z, bias, states, ypre = ctx.saved_tensors
+        (softplus, zoh, delta_dt, A_dt, B_shape, B_dt, C_shape, C_dt, D_dt, z_dt, bias_dt,
+         h0_dt) = ctx.meta
+        dout = dout.to(u.dtype).contiguous() if dout is not None else torch.zeros_like(u)
+        dhT = dhT.float().contiguous() if dhT is not None else None
+        du, ddelta, dA_p, dB, dC, dD_p, dz, dbias_p, dh0 = _ext().backward(
+            u, delta, A, B4, C4, D, z, bias, softplus, zoh, states, ypre, dout, dhT)
+        return (du, ddelta.to(delta_dt), dA_p.sum(0).to(A_dt), dB.reshape(B_shape).to(B_dt),
+                dC.reshape(C_shape).to(C_dt), dD_p.sum(0).to(D_dt) if D_dt is not None else None,
+                dz.to(z_dt) if z_dt is not None else None,
+                dbias_p.sum(0).to(bias_dt) if bias_dt is not None else None,
+                None, dh0.to(h0_dt) if h0_dt is not None else None, None)
+
+
+def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                        D: Tensor | None = None, z: Tensor | None = None,
+                        delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                        initial_state: Tensor | None = None, return_final_state: bool = False,
+                        scheme: str = "euler_b", cu_seqlens: Tensor | None = None):
+    """CUDA selective scan; arguments, shapes and results as ``selective_scan_ref``
+    (u, delta, z (B, D, L); A (D, N); B, C (B, N, L) | (B, G, N, L); D, delta_bias (D,);
+    initial_state (B, D, N)). Returns y (B, D, L) in u's dtype [and the fp32 final state]."""
+    check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, scheme, cu_seqlens)
+    reason = supports(u=u, A=A, cu_seqlens=cu_seqlens)
+    if reason:
+        raise BackendUnavailable(f"selective_scan backend 'cuda': {reason}")
+    y, hT = _CudaScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                              initial_state, scheme == "zoh")
+    return (y, hT) if return_final_state else y
+
+
+def load() -> Callable:
+    if torch.version.cuda is None:
+        raise BackendUnavailable("this torch build has no CUDA (a CPU-only wheel); install a "
+                                 "CUDA build of torch to use the CUDA kernels")
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA device is visible (torch.cuda.is_available() is False)")
+    if nvcc_path() is None:
+        raise BackendUnavailable("nvcc not found (set CUDA_HOME or put nvcc on PATH) to build "
+                                 "csrc/cuda/selective_scan.cu")
+    _ext()  # build now, so that a failure shows here as BackendUnavailable
+    return selective_scan_cuda
