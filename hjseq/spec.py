@@ -75,11 +75,11 @@ class Hamiltonian(nn.Module):
         Default by autograd (``(∂F/∂h)ᵀ p`` for H = p·F, a vector–Jacobian product);
         subclasses override with the closed form where they know it. Differentiable (the
         graph is kept when the inputs require grad)."""
+        keep_graph = torch.is_grad_enabled() and (h.requires_grad or p.requires_grad)
         with torch.enable_grad():
             h_ = h if h.requires_grad else h.detach().requires_grad_(True)
             H = self.hamiltonian(t, h_, p, drive).sum()
-            (g,) = torch.autograd.grad(H, h_, create_graph=torch.is_grad_enabled()
-                                       and (h.requires_grad or p.requires_grad))
+            (g,) = torch.autograd.grad(H, h_, create_graph=keep_graph)
         return g
 
     def value_rate(self, t: float, h: Tensor, p: Tensor, drive: Drive) -> Tensor:
@@ -147,7 +147,8 @@ class GateStep(StepRule):
 class SoftplusStep(StepRule):
     """Mamba's learned time warp ``Δ = softplus(drive[key] + bias)`` (per channel, per token).
 
-    ``drive[key]`` is the token's step projection (B, D); ``bias`` (D,) is ``dt_proj.bias``.
+    ``drive[key]`` is the token's step pre-activation (B, D); ``bias`` (D,) is an optional
+    extra offset (HJMamba folds ``dt_proj.bias`` into ``drive[key]`` and leaves it None).
     ``Δ`` broadcasts over trailing state axes: for a state (B, D, N) it is returned (B, D, 1).
     ``dt`` (the nominal step, used to scale noise) is 1."""
 

@@ -68,11 +68,15 @@ class RecurrentBlock(nn.Module):
     def allocate_state(self, batch: int, dtype: torch.dtype | None = None,
                        device: torch.device | str | None = None) -> State:
         """A zero state for ``batch`` samples (defaults: the parameters' dtype and device)."""
-        p = next(self.parameters())
+        p = self.reference_parameter()
         dtypes = self.state_dtypes(dtype or p.dtype)
         parts = tuple(torch.zeros(batch, *shape, dtype=dt, device=device or p.device)
                       for shape, dt in zip(self.state_shapes(), dtypes))
         return parts[0] if len(parts) == 1 else parts
+
+    def reference_parameter(self) -> Tensor:
+        """The parameter whose dtype/device inputs must match (default: the first one)."""
+        return next(self.parameters())
 
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """Per-sample shape of each state part (in ``state_names`` order)."""
@@ -123,7 +127,7 @@ class RecurrentBlock(nn.Module):
                              f"is the input size — got shape {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError(f"{self._where()}: x has length L = 0; pass at least one token")
-        p = next(self.parameters())
+        p = self.reference_parameter()
         if x.dtype != p.dtype:
             raise TypeError(f"{self._where()}: x has dtype {x.dtype} but the parameters are "
                             f"{p.dtype}; cast x or the module (e.g. .to({x.dtype}))")

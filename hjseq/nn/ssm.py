@@ -112,8 +112,8 @@ class HJMamba(RecurrentBlock):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(D, d_model, bias=bias, **kw)
 
-        # The bias of Δ is folded into drive["delta"] by prepare(), so the step rule is plain
-        # softplus of the token's drive.
+        # The bias of Δ is folded into drive["delta"] by token_drive(), so the step rule is
+        # plain softplus of the token's drive.
         self.spec = HJSpec(LinearSSM(), viscosity=0.0, step=SoftplusStep(), scheme=scheme)
 
     @property
@@ -126,6 +126,10 @@ class HJMamba(RecurrentBlock):
                 f"backend={self.backend!r}")
 
     # ------------------------------------------------------------------ state
+    def reference_parameter(self) -> Tensor:
+        """``in_proj.weight``: inputs match it (A_log and D stay float32 in low precision)."""
+        return self.in_proj.weight
+
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         return (self.d_inner, self.d_conv - 1), (self.d_inner, self.d_state)
 
@@ -146,10 +150,19 @@ class HJMamba(RecurrentBlock):
             initial_state=conv_state, return_final_state=True, backend=self._op_backend())
         u = u.transpose(1, 2)                                              # (B, L, D)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).to(acc) + self.dt_proj.bias.to(acc)
-        seq = {"u": u.to(acc), "delta": delta, "B": B.to(acc), "C": C.to(acc), "z": z}
-        const = {"A": -torch.exp(self.A_log.to(acc)), "D": self.D.to(acc)}
+        # as Mamba: u, Δ's projection, B, C, z in the input dtype; A, D, Δ's bias in acc
+        seq = {"u": u, "delta": F.linear(dt, self.dt_proj.weight), "B": B, "C": C, "z": z}
+        const = {"A": -torch.exp(self.A_log.to(acc)), "D": self.D.to(acc),
+                 "delta_bias": self.dt_proj.bias.to(acc)}
         return seq, const, (conv_state, ssm_state)
+
+    def token_drive(self, drive: dict[str, Tensor], state: State) -> dict[str, Tensor]:
+        """Token drive in float32/64 with Δ's bias folded in: ``delta = W_dt dt + b_dt``."""
+        acc = drive["A"].dtype
+        d = {k: drive[k].to(acc) for k in ("u", "B", "C")}
+        d["delta"] = drive["delta"].to(acc) + drive["delta_bias"]
+        d["A"], d["D"] = drive["A"], drive["D"]
+        return d
 
     def flow_state(self, state: State) -> Tensor:
         return state[1]
@@ -170,7 +183,8 @@ def _selective_scan_kernel(block: HJMamba, x: Tensor, state: State, noise: Tenso
     seq, const, (conv_state, ssm_state) = block.prepare(x, state)
     tr = lambda t: t.transpose(1, 2)  # (B, L, ·) -> (B, ·, L), mamba-ssm's layout
     y, h = selective_scan(tr(seq["u"]), tr(seq["delta"]), const["A"], tr(seq["B"]),
-                          tr(seq["C"]), const["D"], z=tr(seq["z"]), delta_softplus=True,
+                          tr(seq["C"]), const["D"], z=tr(seq["z"]),
+                          delta_bias=const["delta_bias"], delta_softplus=True,
                           initial_state=ssm_state, return_final_state=True,
                           scheme=block.scheme, backend=backend)
     return block.out_proj(tr(y).to(x.dtype)), (conv_state, h)

@@ -227,3 +227,21 @@ def test_bad_input_errors_name_the_argument():
         chk.A_log[0, 0] = float("nan")
     with pytest.raises(ValueError, match="A_log"):
         chk(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_states_and_paths(dtype):
+    """Low precision as Mamba: conv state in the input dtype, SSM state in float32; the
+    reference loop and the selective_scan path agree to the output dtype's rounding."""
+    blk = HJMamba(8, d_state=4, d_conv=3, dtype=dtype)
+    assert blk.A_log.dtype == torch.float32
+    x = torch.randn(2, 6, 8, dtype=dtype)
+    out, (conv, h) = blk(x, return_final_state=True)
+    assert out.dtype == dtype and conv.dtype == dtype and h.dtype == torch.float32
+    blk.backend = "loop"
+    out_loop, (_, h_loop) = blk(x, return_final_state=True)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (out.float() - out_loop.float()).abs().max() <= tol
+    assert (h - h_loop).abs().max() <= 1e-5
+    y, state = blk.step(x[:, 0], blk.allocate_state(2))
+    assert y.dtype == dtype and state[1].dtype == torch.float32

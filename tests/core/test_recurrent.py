@@ -314,3 +314,11 @@ def test_from_torch_rejects_unsupported_modules(cls, tcls):
     if tcls is torch.nn.RNN:
         with pytest.raises(ValueError, match="nonlinearity"):
             cls.from_torch(tcls(3, 4, nonlinearity="relu"))
+
+
+def test_nn_exports_every_block():
+    import hjseq.nn as hnn
+    for name in ("HJRNN", "HJGRU", "HJLSTM", "HJMamba", "HJAttention", "LSELayer"):
+        assert isinstance(getattr(hnn, name), type), name
+    with pytest.raises(AttributeError, match="HJTransformer"):
+        hnn.HJTransformer
