@@ -203,6 +203,8 @@ class AdaptiveRKSolver:
             return ODEResult(torch.stack(ys), stats)
         direction = 1.0 if times[-1] >= times[0] else -1.0
         k0 = fc(t, y)
+        if not torch.isfinite(k0).all():
+            raise FloatingPointError(f"non-finite vector field f(t, y0) at t={t}")
         dt = self.first_step or self._initial_step(fc, t, y, k0, direction)
         for t_out in times[1:]:
             while direction * (t_out - t) > 0:
