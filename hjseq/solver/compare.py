@@ -25,8 +25,10 @@ import torch
 from torch import Tensor
 
 from .characteristics import integrate_field
+from .ode import integrate
 
 
+DENSE = 8  # samples of the exact flow per token, for the plot
 ROUNDOFF = 1e-11  # refinement errors all below this (float64) are reported as round-off
 
 
@@ -50,7 +52,8 @@ def _fmt_order(v: float) -> str:
 class CompareReport:
     """Result of :func:`compare`. Tensors are detached, on CPU.
 
-    discrete, continuous: (B, L+1, S) trajectories; local_error: (L,) max over batch and
+    discrete, continuous: (B, L+1, S) trajectories (``dense``: the exact flow sampled inside
+    each token, (B, L·8+1, S)); local_error: (L,) max over batch and
     state; global_error: (L+1,); refinements / refinement_error: the m's and their global max
     errors; observed_order vs declared_order (``math.inf`` for an exact scheme)."""
 
@@ -65,6 +68,7 @@ class CompareReport:
     refinement_error: list[float]
     observed_order: float
     ode: dict[str, Any] = field(default_factory=dict)
+    dense: Tensor | None = None  # (B, L·DENSE+1, S): the exact flow inside the tokens
 
     @property
     def global_max_error(self) -> float:
@@ -84,9 +88,14 @@ class CompareReport:
         for k in range(self.local_error.numel()):
             lines.append(f"| {k} | {float(self.local_error[k]):.3e} | "
                          f"{float(self.global_error[k + 1]):.3e} |")
-        lines += ["", "| substeps m | step Δ/m | global max error |", "|---:|---:|---:|"]
+        lines += ["", "| substeps m | step Δ/m | global max error | slope from previous m |",
+                  "|---:|---:|---:|---:|"]
+        prev = None
         for m, e in zip(self.refinements, self.refinement_error):
-            lines.append(f"| {m} | 1/{m} | {e:.3e} |")
+            slope = ("" if prev is None or min(e, prev[1]) < ROUNDOFF
+                     else f"{math.log(prev[1] / e) / math.log(m / prev[0]):.3f}")
+            lines.append(f"| {m} | 1/{m} | {e:.3e} | {slope} |")
+            prev = (m, e)
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -125,9 +134,12 @@ class CompareReport:
         coords = [c for c in coords if c < S]
         fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
         k = torch.arange(self.discrete.shape[1])
+        fine = (torch.linspace(0, k[-1], self.dense.shape[1]) if self.dense is not None
+                else k)
+        smooth = self.dense if self.dense is not None else self.continuous
         for i, c in enumerate(coords):
             color = f"C{i}"
-            ax0.plot(k, self.continuous[sample, :, c], "-", color=color, label=f"h[{c}] ODE")
+            ax0.plot(fine, smooth[sample, :, c], "-", color=color, label=f"h[{c}] ODE")
             ax0.plot(k, self.discrete[sample, :, c], "o", color=color, mfc="none",
                      label=f"h[{c}] {self.scheme}")
         ax0.set_xlabel("token k")
@@ -137,7 +149,7 @@ class CompareReport:
         errs = [max(e, 1e-18) for e in self.refinement_error]
         ax1.loglog(steps, errs, "o-", label=f"observed ({_fmt_order(self.observed_order)})")
         if math.isfinite(self.declared_order) and errs[0] > 1e-14:
-            ref = [errs[0] * (s / steps[0]) ** self.declared_order for s in steps]
+            ref = [errs[-1] * (s / steps[-1]) ** self.declared_order for s in steps]
             ax1.loglog(steps, ref, "k--", label=f"slope {self.declared_order:g}")
         if max(errs) < 10 * min(errs):  # flat (round-off): don't blow noise up to fill the axis
             ax1.set_ylim(min(errs) / 100, max(errs) * 100)
@@ -172,10 +184,16 @@ def compare(block: Any, x: Tensor, refinements: Sequence[int] = (1, 2, 4, 8, 16)
         flow = lambda k, h: integrate_field(lambda y: view.rhs(k, y), h, method, rtol, atol)  # noqa: E731
         local = torch.stack([(states[:, k + 1] - flow(k, states[:, k])).abs().amax()
                              for k in range(L)]) if L else states.new_zeros(0)
-        cont = [states[:, 0]]
+        # the chained exact flow, sampled DENSE times per token for plotting
+        cont, dense = [states[:, 0]], [states[:, :1]]
+        taus = [i / DENSE for i in range(DENSE + 1)]
         for k in range(L):
-            cont.append(flow(k, cont[-1]))
+            ys = integrate(lambda s, y, k=k: view.rhs(k, y), cont[-1], taus, method=method,
+                           rtol=rtol, atol=atol).ys  # (DENSE+1, B, S)
+            cont.append(ys[-1])
+            dense.append(ys[1:].transpose(0, 1))
         continuous = torch.stack(cont, 1)
+        dense_traj = torch.cat(dense, 1)
         global_err = (states - continuous).abs().amax(dim=(0, 2))
         ref_err = []
         for m in refinements:
@@ -190,4 +208,4 @@ def compare(block: Any, x: Tensor, refinements: Sequence[int] = (1, 2, 4, 8, 16)
                 else fit_order([1.0 / m for m in refinements], ref_err))
     return CompareReport(type(block).__name__, view.scheme, declared, states.cpu(),
                          continuous.cpu(), local.cpu(), global_err.cpu(), refinements, ref_err,
-                         observed, ode)
+                         observed, ode, dense_traj.cpu())
