@@ -14,7 +14,7 @@
 """
 from .characteristics import CharacteristicSolution, integrate_field, solve_characteristics
 from .compare import CompareReport, compare, fit_order
-from .costate import block_states, costate, costate_recursion
+from .costate import block_states, costate, costate_recursion, flow_indices
 from .hopf import (hopf_cole, hopf_cole_continuous, hopf_lax, hopf_lax_continuous,
                    moreau_envelope, prox, soft_prox)
 from .ode import SOLVERS, ButcherTableau, ODEResult, integrate, odeint
@@ -27,7 +27,7 @@ __all__ = [
     "SOLVERS", "ButcherTableau", "ODEResult", "integrate", "odeint",
     "CharacteristicSolution", "solve_characteristics", "integrate_field",
     "CompareReport", "compare", "fit_order",
-    "costate", "costate_recursion", "block_states",
+    "costate", "costate_recursion", "block_states", "flow_indices",
     "MonteCarloEstimate", "euler_maruyama", "feynman_kac", "stochastic_characteristics",
     "hopf_cole", "hopf_lax", "hopf_cole_continuous", "hopf_lax_continuous", "moreau_envelope",
     "prox", "soft_prox",

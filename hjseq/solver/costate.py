@@ -82,6 +82,17 @@ def block_states(block: Any, x: Tensor, initial_state: Any = None) -> tuple[Tens
     return torch.stack(traj, 1), step
 
 
+def flow_indices(block: Any, x: Tensor, initial_state: Any = None) -> Tensor:
+    """Positions of the block's flow state (``block.flow_state``, the part the HJ flow moves:
+    the LSTM's c, Mamba's SSM state) inside the flat full state of :func:`block_states`:
+    a LongTensor (F,)."""
+    state = block.zero_state(x) if initial_state is None else initial_state
+    layout = _FlatState(state)
+    S = sum(layout.sizes)
+    idx = torch.arange(S, dtype=torch.float64, device=x.device).expand(x.shape[0], S)
+    return block.flow_state(layout.unflat(idx))[0].reshape(-1).round().long()
+
+
 def costate(block: Any, x: Tensor, dloss_dstates: Tensor, initial_state: Any = None) -> Tensor:
     """Co-state of a recurrent block on x (B, L, I): the explicit recursion over the VJPs of
     ``block.step`` (the block's one-token map on its full state, see :func:`block_states`).

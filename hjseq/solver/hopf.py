@@ -14,7 +14,6 @@ The discrete-atom formulas are ``hjseq.hopf``'s, re-exported here. This module a
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Callable, Sequence
 

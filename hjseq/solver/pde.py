@@ -21,7 +21,6 @@ Values carry optional leading batch dimensions: u0 is (..., *grid.shape).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 

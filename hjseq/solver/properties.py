@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from . import hopf as H
-from .characteristics import integrate_field, solve_characteristics
+from .characteristics import solve_characteristics
 from .compare import compare, fit_order
-from .costate import block_states, costate, costate_recursion
+from .costate import block_states, costate, costate_recursion, flow_indices
 from .ode import integrate
 from .pde import (Grid, QuadraticHamiltonian, SolverSettings, TransportHamiltonian, godunov,
                   solve)
@@ -327,13 +327,8 @@ def p09_costate() -> list[Row]:
         v = _randn(gen, *flow.shape)
         g_fwd = torch.autograd.grad((v * flow).sum(), parts)
         g_fwd = torch.cat([q.reshape(q.shape[0], -1) for q in g_fwd], 1)
-        # the flow state's position inside the flat full state
-        S = states.shape[-1]
-        idx = torch.arange(S, dtype=F64).expand(x.shape[0], S)
-        from .costate import _FlatState
-        flow_idx = block.flow_state(_FlatState(init).unflat(idx))[0].reshape(-1).long()
         dl = torch.zeros_like(states)
-        dl[..., flow_idx] = v.reshape(*v.shape[:2], -1)
+        dl[..., flow_indices(block, x)] = v.reshape(*v.shape[:2], -1)
         err_fwd = float((costate(block, x, dl)[:, 0] - g_fwd).abs().max())
         worst = max(err, err_fwd)
         rows.append(Row(9, f"{type(block).__name__}: co-state recursion vs autograd", worst,
