@@ -6,7 +6,7 @@ import torch
 
 from hjseq.nn import HJGRU, HJLSTM, HJMamba, HJRNN
 from hjseq.solver.compare import compare, fit_order
-from hjseq.solver.costate import block_states, costate, costate_recursion
+from hjseq.solver.costate import block_states, costate, costate_recursion, flow_indices
 
 F64 = torch.float64
 
@@ -92,3 +92,12 @@ def test_costate_linear_map_closed_form_and_errors():
     with pytest.raises(ValueError, match="dloss_dstates must be"):
         costate(HJRNN(2, 3).double(), torch.zeros(1, 2, 2, dtype=F64),
                 torch.zeros(1, 3, 4, dtype=F64))
+
+
+def test_flow_indices_locate_the_flow_state():
+    x = torch.zeros(1, 2, 3, dtype=F64)
+    assert flow_indices(HJRNN(3, 4).double(), x).tolist() == [0, 1, 2, 3]
+    assert flow_indices(HJLSTM(3, 4).double(), x).tolist() == [4, 5, 6, 7]  # (h, c): c moves
+    mamba = HJMamba(3, d_state=2, d_conv=3, expand=1).double()
+    # (conv_state (D, d_conv-1), ssm_state (D, N)): the SSM state follows the 3·2 conv entries
+    assert flow_indices(mamba, x).tolist() == list(range(6, 12))
