@@ -242,7 +242,9 @@ class TorchCell(RecurrentBlock):
             c["bias_hh"] = self.bias_hh
         return c
 
-    def prepare(self, x: Tensor, state: State):
+    def prepare(self, x: Tensor, state: State
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor], State]:
+        """``u = W_ih x + b_ih`` for every token (one GEMM); W_hh, b_hh held."""
         return {"u": F.linear(x, self.weight_ih, self.bias_ih)}, self._const(), state
 
     @classmethod
@@ -277,7 +279,7 @@ class TorchCell(RecurrentBlock):
         return block
 
 
-def recurrent_scan_kernel(cell: str):
+def recurrent_scan_kernel(cell: str) -> engine.Kernel:
     """Engine kernel running a :class:`TorchCell` through the fused
     ``hjseq.ops.recurrent_scan`` op (declines while that op is not installed)."""
 

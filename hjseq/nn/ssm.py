@@ -141,7 +141,9 @@ class HJMamba(RecurrentBlock):
     def _op_backend(self) -> str:
         return "ref" if self.backend == "loop" else self.backend
 
-    def prepare(self, x: Tensor, state: State):
+    def prepare(self, x: Tensor, state: State
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor], State]:
+        """in_proj, causal conv + SiLU (advancing conv_state), x_proj, Δ's projection."""
         conv_state, ssm_state = state
         acc = _acc(x.dtype)
         xi, z = self.in_proj(x).chunk(2, dim=-1)                           # (B, L, D) each
