@@ -15,6 +15,7 @@
 // Inputs are float32 or float64 (the Python wrapper upcasts bf16/fp16).
 #include "common.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -23,8 +24,9 @@ enum Cell : int64_t { kRNN = 0, kGRU = 1, kLSTM = 2 };
 
 int64_t gates_of(int64_t cell) { return cell == kRNN ? 1 : (cell == kGRU ? 3 : 4); }
 
-// Rows of the (B, H) pointwise work per parallel task.
-int64_t row_grain(int64_t H) { return hjseq::grain(8 * H); }
+// Rows of the (B, H) pointwise work per parallel task: a step's cell is cheap next to its
+// GEMM, so it only goes parallel (one fork/join per step) when a task gets >= 32k elements.
+int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)); }
 
 template <typename T>
 void fwd_step(int64_t cell, int64_t t, int64_t B, int64_t L, int64_t H, T dt, const T* gi,

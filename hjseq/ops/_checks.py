@@ -47,6 +47,8 @@ def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int) -> in
     if batch != 1:
         raise ValueError(f"{op}: with cu_seqlens the sequences are packed along L, so the batch "
                          f"size must be 1, got {batch}")
+    if torch.compiler.is_compiling():  # values are data: checked eagerly only
+        return cu_seqlens.shape[0] - 1
     c = cu_seqlens.tolist()
     if c[0] != 0 or c[-1] != length or any(b < a for a, b in zip(c, c[1:])):
         raise ValueError(f"{op}: cu_seqlens must rise from 0 to L={length} (non-decreasing), "
@@ -56,6 +58,8 @@ def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int) -> in
 
 def check_scalar(op: str, name: str, v: object, positive: bool = False) -> float:
     """A finite real number (``> 0`` when ``positive``)."""
+    if torch.compiler.is_compiling():  # checked eagerly; float() specializes a symbolic value
+        return float(v)  # type: ignore[arg-type]
     try:
         f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):

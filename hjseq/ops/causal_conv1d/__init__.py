@@ -4,7 +4,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._checks import check_cu_seqlens, check_tensor
-from .._registry import register, resolve
+from .._dispatch import dispatch
+from .._registry import register
 
 OP = "causal_conv1d"
 register(OP, "ref", "hjseq.ops.causal_conv1d.ref", devices=("cpu", "cuda"))
@@ -53,5 +54,4 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     kwargs = dict(x=x, weight=weight, bias=bias, activation=activation,
                   initial_state=initial_state, return_final_state=return_final_state,
                   cu_seqlens=cu_seqlens)
-    _, fn = resolve(OP, backend, x.device.type, **kwargs)
-    return fn(**kwargs)
+    return dispatch(OP, backend, x.device.type, kwargs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._checks import check_cu_seqlens, check_tensor
-from .._registry import register, resolve
+from .._dispatch import dispatch
+from .._registry import register
 
 OP = "linear_scan"
 register(OP, "ref", "hjseq.ops.linear_scan.ref", devices=("cpu", "cuda"))
@@ -39,5 +40,4 @@ def linear_scan(a: Tensor, b: Tensor, initial_state: Tensor | None = None,
     _validate(a, b, initial_state, cu_seqlens)
     kwargs = dict(a=a, b=b, initial_state=initial_state, return_final_state=return_final_state,
                   cu_seqlens=cu_seqlens)
-    _, fn = resolve(OP, backend, b.device.type, **kwargs)
-    return fn(**kwargs)
+    return dispatch(OP, backend, b.device.type, kwargs)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._checks import check_scalar, check_tensor
-from .._registry import register, resolve, set_auto_order
+from .._dispatch import dispatch
+from .._registry import register, set_auto_order
 from .ref import CELLS
 
 OP = "recurrent_scan"
@@ -66,8 +67,7 @@ def recurrent_scan(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tensor,
     dt = _validate(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, dt, noise)
     kwargs = dict(cell=cell, x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
                   bias_hh=bias_hh, h0=h0, c0=c0, dt=dt, noise=noise)
-    _, fn = resolve(OP, backend, x.device.type, **kwargs)
-    return fn(**kwargs)
+    return dispatch(OP, backend, x.device.type, kwargs)
 
 
 __all__ = ["recurrent_scan", "CELLS"]

@@ -7,6 +7,8 @@ from torch import Tensor
 
 
 def supports(cell: str, dt: float = 1.0, noise: Tensor | None = None, **_) -> str | None:
+    if not isinstance(dt, (int, float)):  # e.g. symbolic while torch.compile traces
+        return f"dt={dt!r} is not a known number, and only dt = 1 is torch's kernels"
     if float(dt) != 1.0:
         return f"torch's fused RNN kernels are the Δ = 1 case only (dt={dt})"
     if noise is not None:

@@ -1,0 +1,51 @@
+"""Shared helpers for the op tests (import with ``from _utils import assert_close, ...``;
+pytest puts tests/ops on sys.path).
+
+``assert_close(ref, out, ratio, name)`` is flash-linear-attention's relative-RMS check:
+``rms(ref − out) / rms(ref) ≤ ratio`` (with a small absolute floor so an all-zero reference
+does not divide by zero), which is robust to a few large elements in low precision where
+an elementwise ``allclose`` is either too loose or flaky. NaN/Inf anywhere fails.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# relative-RMS tolerance per dtype for kernel-vs-reference comparisons
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+# gradients go through more rounding (reductions, BPTT); a looser table
+GRAD_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2,
+             torch.float16: 5e-3}
+
+
+def rel_rms_error(ref: Tensor, out: Tensor) -> float:
+    """``rms(ref − out) / max(rms(ref), 1e-30)``, computed in float64."""
+    ref64, out64 = ref.detach().double(), out.detach().double()
+    err = (ref64 - out64).pow(2).mean().sqrt().item()
+    base = ref64.pow(2).mean().sqrt().item()
+    return err / max(base, 1e-30)
+
+
+def assert_close(ref: Tensor, out: Tensor, ratio: float, name: str = "") -> float:
+    """Fail unless ``out`` matches ``ref`` in shape and to relative RMS error ≤ ``ratio``;
+    returns the error so callers can report it."""
+    assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != ref {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: output has NaN/Inf"
+    assert torch.isfinite(ref).all(), f"{name}: reference has NaN/Inf"
+    err = rel_rms_error(ref, out)
+    assert err <= ratio, (f"{name}: relative RMS error {err:.3e} > {ratio:.1e} "
+                          f"(max abs diff {(ref.double() - out.double()).abs().max().item():.3e})")
+    return err
+
+
+def grads_of(outputs: list[Tensor | None], inputs: list[Tensor], seed: int = 1234) -> list[Tensor]:
+    """Gradients of ``Σ_k ⟨outputs_k, G_k⟩`` w.r.t. ``inputs`` for fixed random cotangents G_k
+    (the same for every backend, drawn from ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    for o in outputs:
+        if o is not None:
+            g = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)
+            loss = loss + (o.float() * g.float()).sum() if o.dtype != torch.float64 else \
+                loss + (o * g).sum()
+    return list(torch.autograd.grad(loss, inputs))
