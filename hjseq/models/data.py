@@ -53,19 +53,25 @@ def _is_val(rel: Path, val_fraction: float) -> bool:
 
 
 def _split_files(root: Path, files: list[Path], val_fraction: float) -> tuple[bytes, bytes]:
+    """Split by file; when too few files leave one side empty, fall back to holding out the
+    last ``val_fraction`` of the concatenated bytes."""
     train, val = [], []
     for rel in files:
         (val if _is_val(rel, val_fraction) else train).append((root / rel).read_bytes())
     if not train or not val:
-        raise ValueError(f"val_fraction={val_fraction} leaves an empty split of {len(files)} "
-                         "files; use more files or a different val_fraction")
+        return _split_bytes(b"\n".join(train + val), val_fraction)
     return b"\n".join(train), b"\n".join(val)
+
+
+def _split_bytes(raw: bytes, val_fraction: float) -> tuple[bytes, bytes]:
+    cut = int(len(raw) * (1 - val_fraction))
+    return raw[:cut], raw[cut:]
 
 
 def load_corpus(data: str | Path | None = None, val_fraction: float = 0.05) -> Corpus:
     """Read the corpus. ``data=None``: the standard library; a directory: all its files
-    (recursively, sorted, hidden files skipped), split by file; a file: its last
-    ``val_fraction`` of bytes is the validation split."""
+    (recursively, sorted, hidden files skipped), split by file (by bytes if too few files);
+    a file: its last ``val_fraction`` of bytes is the validation split."""
     if data is None:
         root, files = stdlib_files()
         train, val = _split_files(root, files, val_fraction)
@@ -81,9 +87,7 @@ def load_corpus(data: str | Path | None = None, val_fraction: float = 0.05) -> C
             train, val = _split_files(path, files, val_fraction)
             name = str(path)
         elif path.is_file():
-            raw = path.read_bytes()
-            cut = int(len(raw) * (1 - val_fraction))
-            train, val = raw[:cut], raw[cut:]
+            train, val = _split_bytes(path.read_bytes(), val_fraction)
             files, name = [path], str(path)
         else:
             raise FileNotFoundError(f"--data {path}: no such file or directory")
