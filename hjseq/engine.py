@@ -46,12 +46,14 @@ Characteristics view (:func:`characteristics`, for the solver)
 - ``outputs``: the block's outputs on x (B, L, ·) from the same run;
 - ``scheme``, ``order``: the scheme's name and order (``math.inf`` = exact flow);
 - ``rhs(k, h) -> (B, S)``: the vector field of token k in normalised token time τ ∈ [0, 1],
-  ``dh/dτ = Δ_k ⊙ F(h; d_k)`` with the input (and everything computed from the previous
-  state, e.g. the LSTM gates) held over the token. For a gate step the gate is part of the
-  field and is evaluated at the current h;
-- ``discrete_step(k, h)``: the block's own one-token update (no noise) from flat state h;
-- ``substep(k, h, m)``: the same scheme applied m times with step Δ_k/m (the gate, if any,
-  re-evaluated at each substep); ``substep(k, h, 1) == discrete_step(k, h)``;
+  ``dh/dτ = Δ_k ⊙ F(h; d_k)`` with the input, the step Δ_k and everything computed from the
+  previous state (the LSTM gates) held over the token. Δ_k is the step rule evaluated at the
+  token's start state on the block's own trajectory (``states[:, k]``): for the GRU the
+  update gate ``1 − s(h_k)`` is held, only the candidate ``n(h) − h`` moves with h;
+- ``discrete_step(k, h)``: the block's one-token update (no noise) from flat state h with
+  those held quantities — exactly the block's update when h = ``states[:, k]``;
+- ``substep(k, h, m)``: the same scheme applied m times with step Δ_k/m;
+  ``substep(k, h, 1) == discrete_step(k, h)``;
 - ``readout(k, h)``: the block's output for token k from the flow state h after the token.
 
 Per block (h the hidden state, c the LSTM cell state, Δ = dt):
@@ -60,7 +62,8 @@ Per block (h the hidden state, c the LSTM cell state, Δ = dt):
 block      flow state (S)         rhs(k, h) = dh/dτ                                 scheme
 =========  =====================  ===============================================  =========
 HJRNN      h (H)                  Δ(−h + tanh(W_ih x_k + b_ih + W_hh h + b_hh))     euler
-HJGRU      h (H)                  Δ(1 − s(h))⊙(n(h) − h),  s, n as torch's GRU      gated_euler
+HJGRU      h (H)                  Δ(1 − s_k)⊙(n(h) − h), s_k = s(h_k) held;         gated_euler
+                                  s, n as torch's GRU
 HJLSTM     c (H)                  Δ(−(1 − f_k)⊙c + i_k⊙g_k), gates from             euler
                                   (x_k, h_{k−1}) held; readout h_k = o_k⊙tanh(c)
 HJMamba    ssm state (D·N,        Δ_k⊙(A⊙h + B_k u_k),  Δ_k = softplus(dt_k + b)   euler_b
@@ -129,11 +132,13 @@ def _token(seq: dict[str, Tensor], const: dict[str, Tensor], k: int) -> dict[str
     return d
 
 
-def _one_step(block: Any, h: Tensor, d: dict[str, Tensor], t: float, scale: float = 1.0
-              ) -> Tensor:
-    """One scheme step of the block's flow from h with step ``scale·Δ(h)``."""
+def _one_step(block: Any, h: Tensor, d: dict[str, Tensor], t: float, dt: Any = None,
+              scale: float = 1.0) -> Tensor:
+    """One scheme step of the block's flow from h with step ``scale·Δ`` (Δ = the step rule
+    at h unless a held ``dt`` is given)."""
     spec = block.spec
-    dt = spec.step(t, h, d)
+    if dt is None:
+        dt = spec.step(t, h, d)
     return get_scheme(spec.scheme).step(spec.hamiltonian, dt * scale, t, h, d)
 
 
@@ -239,6 +244,8 @@ class Characteristics:
         self.scheme = block.spec.scheme
         self.order = get_scheme(self.scheme).order
         self._drives, self._seq, self._pre = drives, seq, pre_states
+        # Δ_k from the token's start state on the block's own trajectory, held over the token
+        self._steps = [block.spec.step(float(k), states[:, k], d) for k, d in enumerate(drives)]
 
     @property
     def length(self) -> int:
@@ -255,9 +262,8 @@ class Characteristics:
     def rhs(self, k: int, h: Tensor) -> Tensor:
         """``dh/dτ = Δ_k ⊙ F(h; d_k)`` (B, S) for token k, τ ∈ [0, 1]."""
         hh, d = self._unflat(k, h), self._drives[k]
-        spec = self.block.spec
-        dt = spec.step(float(k), hh, d)
-        return (dt * spec.hamiltonian.velocity(float(k), hh, d)).flatten(1)
+        return (self._steps[k] * self.block.spec.hamiltonian.velocity(float(k), hh, d)
+                ).flatten(1)
 
     def discrete_step(self, k: int, h: Tensor) -> Tensor:
         """The block's own update of token k from flat state h (B, S), without noise."""
@@ -269,7 +275,7 @@ class Characteristics:
             raise ValueError(f"m (number of substeps) must be an int >= 1, got {m!r}")
         hh, d = self._unflat(k, h), self._drives[k]
         for j in range(m):
-            hh = _one_step(self.block, hh, d, k + j / m, scale=1.0 / m)
+            hh = _one_step(self.block, hh, d, k + j / m, dt=self._steps[k], scale=1.0 / m)
         return hh.flatten(1)
 
     def readout(self, k: int, h: Tensor) -> Tensor:

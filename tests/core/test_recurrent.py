@@ -181,9 +181,9 @@ def test_noise_goes_to_flow_state_with_scale(cls):
     xi = (2 * eps * dt) ** 0.5 * torch.randn(2, 6, 4, dtype=f64)
     ch = blk.eval().characteristics(x)
     blk.train()
-    # the LSTM's gates of token k depend on h_{k-1}, which the noise has moved: only token 0
-    # shares its drive with the noise-free run
-    for k in range(1 if cls is HJLSTM else 6):
+    # the held GRU update gate and LSTM gates of token k depend on h_{k-1}, which the noise
+    # has moved: only token 0 shares them with the noise-free run
+    for k in range(6 if cls is HJRNN else 1):
         pred = ch.discrete_step(k, traj[:, k]) + xi[:, k]
         assert (pred - traj[:, k + 1]).abs().max() <= 1e-12
     torch.manual_seed(3)
@@ -210,6 +210,15 @@ def test_characteristics_view(cls):
         # Euler in normalised token time: one step of size 1 on dh/dτ = rhs
         assert (h + ch.rhs(k, h) - step).abs().max() <= 1e-13
         assert (ch.readout(k, ch.states[:, k + 1]) - out[:, k]).abs().max() <= 1e-13
+    # the step is held at the token's start: off the trajectory, the GRU's held gate differs
+    # from the gate the block would compute at h
+    if cls is HJGRU:
+        off = ch.states[:, 1] + 0.3
+        held = ch.discrete_step(0, off)
+        assert (held - off - ch.rhs(0, off)).abs().max() <= 1e-13
+        d = ch._drives[0]
+        own = blk.spec.hamiltonian.velocity(0.0, off, d) * blk.spec.step(0.0, off, d) + off
+        assert (held - own).abs().max() > 1e-6
     # observed order: m Euler substeps converge to the token's flow at rate 1/m
     h = ch.states[:, 2].detach()
     with torch.no_grad():
