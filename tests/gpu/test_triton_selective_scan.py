@@ -119,3 +119,35 @@ def test_dispatch_by_name_and_bad_input():
     with pytest.raises(ValueError, match="initial_state"):
         triton_backend(OP)(**dict(kw, initial_state=torch.zeros(2, 2, 2, dtype=torch.float64,
                                                                 device=DEVICE)))
+
+
+def test_strided_views_as_mamba_passes_them():
+    """Mamba hands the scan strided views: B, C sliced out of x_proj's output and u, z
+    halves of in_proj's (B, L, 2D) output transposed. The kernels read strides, no copies."""
+    g = torch.Generator().manual_seed(0)
+    b, d, L, n = 2, 4, 20, 3
+    x_dbl = leaf(torch.randn(b * L, 2 * n + 1, generator=g, dtype=torch.float64).to(DEVICE))
+    xz = leaf(torch.randn(b, L, 2 * d, generator=g, dtype=torch.float64).to(DEVICE))
+    delta = leaf(torch.rand(b, d, L, generator=g, dtype=torch.float64).to(DEVICE))
+    A = leaf(-torch.rand(d, n, generator=g, dtype=torch.float64).to(DEVICE))
+
+    def run(fn):
+        B = x_dbl[:, 1:1 + n].reshape(b, L, n).permute(0, 2, 1)
+        C = x_dbl[:, 1 + n:].reshape(b, L, n).permute(0, 2, 1)
+        u, z = xz.transpose(1, 2)[:, :d], xz.transpose(1, 2)[:, d:]
+        assert not (B.is_contiguous() or u.is_contiguous())
+        y = fn(u, delta, A, B, C, None, z)
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=DEVICE).reshape(y.shape)
+        return [y, *torch.autograd.grad((y * w).sum(), [x_dbl, xz, delta, A])]
+
+    for r, t in zip(run(ref_backend(OP)), run(triton_backend(OP))):
+        assert max_err(t, r) < 1e-12
+
+
+def test_empty_sequence_axis():
+    fn = triton_backend(OP)
+    z = torch.zeros(1, 2, 0, device=DEVICE)
+    h0 = torch.randn(1, 2, 3, device=DEVICE)
+    y, h = fn(z, z, -torch.ones(2, 3, device=DEVICE), torch.zeros(1, 3, 0, device=DEVICE),
+              torch.zeros(1, 3, 0, device=DEVICE), initial_state=h0, return_final_state=True)
+    assert y.shape == (1, 2, 0) and torch.equal(h, h0)
