@@ -1,0 +1,80 @@
+// Device helpers shared by the CUDA scan kernels (plain CUDA, no torch headers; include
+// only from .cu files, named .h so that the extension build hash covers it): dtype
+// conversions, the affine map h -> a h + b and its composition, block-wide exclusive scans
+// of such maps (forward or reverse) and a block sum. Kernels using them run blocks of
+// HJSEQ_SCAN_THREADS threads.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#ifndef HJSEQ_SCAN_THREADS
+#define HJSEQ_SCAN_THREADS 128
+#endif
+
+namespace hjseq_cuda {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kWarps = HJSEQ_SCAN_THREADS / 32;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// The affine map h -> a h + b. compose(first, then) applies `first`, then `then`.
+struct Map {
+    float a, b;
+};
+__device__ __forceinline__ Map compose(Map first, Map then) {
+    return {first.a * then.a, then.a * first.b + then.b};
+}
+
+// Composition of the maps of all threads before this one in scan order (identity for the
+// first). REVERSE scans from the last thread to the first. `warp_tot` holds kWarps maps.
+template <bool REVERSE>
+__device__ Map block_exclusive_scan(Map v, Map *warp_tot) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    Map inc = v;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        float pa = REVERSE ? __shfl_down_sync(kFull, inc.a, off) : __shfl_up_sync(kFull, inc.a, off);
+        float pb = REVERSE ? __shfl_down_sync(kFull, inc.b, off) : __shfl_up_sync(kFull, inc.b, off);
+        bool has = REVERSE ? (lane + off < 32) : (lane >= off);
+        if (has) inc = compose(Map{pa, pb}, inc);
+    }
+    float ea = REVERSE ? __shfl_down_sync(kFull, inc.a, 1) : __shfl_up_sync(kFull, inc.a, 1);
+    float eb = REVERSE ? __shfl_down_sync(kFull, inc.b, 1) : __shfl_up_sync(kFull, inc.b, 1);
+    const bool first_lane = REVERSE ? (lane == 31) : (lane == 0);
+    Map exc = first_lane ? Map{1.f, 0.f} : Map{ea, eb};
+    if (lane == (REVERSE ? 0 : 31)) warp_tot[warp] = inc;
+    __syncthreads();
+    Map before = {1.f, 0.f};
+    if (REVERSE) {
+        for (int w = kWarps - 1; w > warp; --w) before = compose(before, warp_tot[w]);
+    } else {
+        for (int w = 0; w < warp; ++w) before = compose(before, warp_tot[w]);
+    }
+    __syncthreads();  // warp_tot may be reused by the next scan
+    return compose(before, exc);
+}
+
+// Sum over the block; the result is valid in thread 0.
+__device__ float block_sum(float v, float *scratch) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(kFull, v, off);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float s = 0.f;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < kWarps; ++w) s += scratch[w];
+    __syncthreads();
+    return s;
+}
+
+}  // namespace hjseq_cuda
