@@ -29,7 +29,7 @@ QUICK = {
     "linear_scan": [(2, 512, 16384)],
     "causal_conv1d": [(2, 1024, 2048, 4)],
 }
-BACKENDS = {"selective_scan": ["triton", "cuda", "mamba"], "linear_scan": ["triton"],
+BACKENDS = {"selective_scan": ["triton", "cuda", "mamba"], "linear_scan": ["triton", "cuda"],
             "causal_conv1d": ["triton", "mamba"]}
 
 

@@ -12,7 +12,7 @@
 // g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse block scan (no (B, D, L, N) storage).
 //
 // No torch headers: `nvcc -c -arch=sm_80 selective_scan.cu` compiles this file alone.
-// With HJSS_HOST_EMULATION defined (after an emulation header), the kernels compile as host
+// With HJSEQ_HOST_EMULATION defined (after an emulation header), the kernels compile as host
 // C++ so tests can run them on CPU threads; the launchers are left out.
 #include "selective_scan.h"
 
@@ -234,13 +234,14 @@ __global__ void __launch_bounds__(HJSS_THREADS) bwd_kernel(HJSSParams p) {
     }
 }
 
-#ifndef HJSS_HOST_EMULATION  // tests/gpu/cuda_emulation runs the kernels above on CPU threads
+#ifndef HJSEQ_HOST_EMULATION  // tests/gpu/cuda_emulation runs the kernels above on CPU threads
 
 int launch(void (*f32)(HJSSParams), void (*f16)(HJSSParams), void (*b16)(HJSSParams),
            const HJSSParams *p, cudaStream_t stream) {
     if (p->dstate > HJSS_MAX_N || p->dstate < 1 || p->n_groups < 1 || p->dim % p->n_groups)
         return (int)cudaErrorInvalidValue;
     if (p->batch == 0 || p->dim == 0) return 0;
+    if (p->batch > 65535) return (int)cudaErrorInvalidValue;  // gridDim.y limit
     dim3 grid(p->dim, p->batch), block(HJSS_THREADS);
     switch (p->dtype) {
         case HJSS_F32: f32<<<grid, block, 0, stream>>>(*p); break;
@@ -251,11 +252,11 @@ int launch(void (*f32)(HJSSParams), void (*f16)(HJSSParams), void (*b16)(HJSSPar
     return (int)cudaGetLastError();
 }
 
-#endif  // HJSS_HOST_EMULATION
+#endif  // HJSEQ_HOST_EMULATION
 
 }  // namespace
 
-#ifndef HJSS_HOST_EMULATION
+#ifndef HJSEQ_HOST_EMULATION
 extern "C" int hjss_forward(const HJSSParams *p, cudaStream_t stream) {
     return launch(fwd_kernel<float>, fwd_kernel<__half>, fwd_kernel<__nv_bfloat16>, p, stream);
 }
@@ -263,4 +264,4 @@ extern "C" int hjss_forward(const HJSSParams *p, cudaStream_t stream) {
 extern "C" int hjss_backward(const HJSSParams *p, cudaStream_t stream) {
     return launch(bwd_kernel<float>, bwd_kernel<__half>, bwd_kernel<__nv_bfloat16>, p, stream);
 }
-#endif  // HJSS_HOST_EMULATION
+#endif  // HJSEQ_HOST_EMULATION

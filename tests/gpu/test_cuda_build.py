@@ -33,7 +33,7 @@ def test_kernel_sources_exist_and_include_no_torch():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", KERNELS)
 def test_nvcc_compiles(name, arch, tmp_path):
-    from hjseq.ops.selective_scan.cuda import CUDA_FLAGS
+    from hjseq.ops._cuda_common import CUDA_FLAGS
     cmd = [NVCC, "-c", f"-arch={arch}", *CUDA_FLAGS, f"-I{CUDA_DIR.parent}",
            str(CUDA_DIR / name), "-o", str(tmp_path / f"{name}.{arch}.o")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

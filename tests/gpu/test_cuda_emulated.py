@@ -1,9 +1,10 @@
-"""The CUDA selective-scan kernels (csrc/cuda/selective_scan.cu), executed without a GPU:
+"""The CUDA kernels (csrc/cuda/selective_scan.cu, linear_scan.cu), executed without a GPU:
 tests/gpu/cuda_emulation/emulate.cpp compiles the kernel source as host C++ and runs each
 CUDA block as 128 CPU threads (barriers for __syncthreads and warp shuffles). Forward and
 backward are compared with the float64 reference: outputs, final state and every gradient,
 over two chunks of 1024 steps, with groups, D, z, delta_bias/softplus, initial state, both
-schemes, fp32 and bf16. The parameter packing mirrors csrc/cuda/selective_scan_binding.cpp."""
+schemes, fp32 and bf16; the linear scan likewise over three chunks. The parameter packing
+mirrors the bindings in csrc/cuda/*_binding.cpp."""
 from __future__ import annotations
 
 import ctypes
@@ -112,3 +113,39 @@ def test_cuda_kernels_match_reference(emu, scheme, dtype, tol):
         assert rel_rms(grads[name], gr) < tol, (name, rel_rms(grads[name], gr))
     if dtype == torch.float32:
         assert max_err(y, y_ref) < 1e-3 * max(1.0, y_ref.abs().max().item())
+
+
+class LinParams(ctypes.Structure):
+    """Mirror of HJLSParams in csrc/cuda/linear_scan.h (same field order)."""
+    _fields_ = ([(n, ctypes.c_int) for n in (
+        "batch", "dim", "seqlen", "n_chunks", "dtype", "has_h0", "has_dhT")]
+        + [(n, ctypes.c_void_p) for n in (
+            "a", "b", "h0", "out", "hT", "states", "dout", "dhT", "da", "db", "dh0")])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_cuda_linear_scan_matches_reference(emu, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    bsz, dim, L = 2, 2, 2 * CHUNK + 5  # three chunks
+    a = (torch.rand(bsz, dim, L, generator=g) * 0.5 + 0.5).to(dtype)
+    b, dout = (torch.randn(bsz, dim, L, generator=g).to(dtype) for _ in range(2))
+    h0, dhT = (torch.randn(bsz, dim, generator=g) for _ in range(2))
+    n_chunks = -(-L // CHUNK)
+    out, da, db = torch.empty_like(b), torch.empty_like(b), torch.empty_like(b)
+    hT, dh0 = torch.empty(bsz, dim), torch.empty(bsz, dim)
+    states = torch.empty(bsz, dim, n_chunks)
+    p = LinParams(batch=bsz, dim=dim, seqlen=L, n_chunks=n_chunks,
+                  dtype={torch.float32: 0, torch.bfloat16: 2}[dtype], has_h0=1, has_dhT=1)
+    for name, t in dict(a=a, b=b, h0=h0, out=out, hT=hT, states=states, dout=dout, dhT=dhT,
+                        da=da, db=db, dh0=dh0).items():
+        setattr(p, name, t.data_ptr())
+    emu.emu_linear_forward.argtypes = emu.emu_linear_backward.argtypes = [ctypes.POINTER(LinParams)]
+    assert emu.emu_linear_forward(ctypes.byref(p)) == 0
+    assert emu.emu_linear_backward(ctypes.byref(p)) == 0
+    x = {k: leaf(v.double()) for k, v in dict(a=a, b=b, initial_state=h0).items()}
+    h_ref, f_ref = ref_backend("linear_scan")(**x, return_final_state=True)
+    loss = (h_ref * dout.double()).sum() + (f_ref * dhT.double()).sum()
+    ga, gb, gh0 = torch.autograd.grad(loss, list(x.values()))
+    for name, got, want in (("h", out, h_ref), ("final", hT, f_ref), ("da", da, ga),
+                            ("db", db, gb), ("dh0", dh0, gh0)):
+        assert rel_rms(got, want) < tol, (name, rel_rms(got, want))

@@ -85,8 +85,9 @@ def test_causal_conv1d_gpu(backend):
         assert rel_rms(t, r) < 2e-2
 
 
-def test_linear_scan_gpu():
-    fn = _load("linear_scan", "triton")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_linear_scan_gpu(backend):
+    fn = _load("linear_scan", backend)
     g = torch.Generator().manual_seed(0)
     a = leaf((torch.rand(2, 128, 5000, generator=g) * 0.5 + 0.5).cuda())
     b = leaf(torch.randn(2, 128, 5000, generator=g).cuda())

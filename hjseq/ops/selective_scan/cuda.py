@@ -10,27 +10,17 @@ float64, d_state > 256.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from .._cuda_common import build, unavailable_reason
 from .._registry import BackendUnavailable
 from ._validate import check_args
 
 MAX_N = 256  # HJSS_MAX_N in csrc/cuda/selective_scan.h
 SOURCES = ["cuda/selective_scan.cu", "cuda/selective_scan_binding.cpp"]
-CUDA_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]
-
-
-def nvcc_path() -> str | None:
-    """The nvcc that torch's extension builder would use, or None."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
-        return os.path.join(home, "bin", "nvcc")
-    return shutil.which("nvcc")
 
 
 def supports(**kw: Any) -> str | None:
@@ -46,8 +36,7 @@ def supports(**kw: Any) -> str | None:
 
 
 def _ext():
-    from .._build import load_extension
-    return load_extension("selective_scan_cuda", SOURCES, extra_cuda_cflags=CUDA_FLAGS)
+    return build("selective_scan_cuda", SOURCES)
 
 
 class _CudaScanFn(torch.autograd.Function):
@@ -106,13 +95,8 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
 
 
 def load() -> Callable:
-    if torch.version.cuda is None:
-        raise BackendUnavailable("this torch build has no CUDA (a CPU-only wheel); install a "
-                                 "CUDA build of torch to use the CUDA kernels")
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("no CUDA device is visible (torch.cuda.is_available() is False)")
-    if nvcc_path() is None:
-        raise BackendUnavailable("nvcc not found (set CUDA_HOME or put nvcc on PATH) to build "
-                                 "csrc/cuda/selective_scan.cu")
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(reason)
     _ext()  # build now, so that a failure shows here as BackendUnavailable
     return selective_scan_cuda

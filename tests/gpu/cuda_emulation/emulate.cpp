@@ -1,6 +1,6 @@
-// Host emulation of csrc/cuda/selective_scan.cu, for tests on machines without a GPU.
+// Host emulation of csrc/cuda/selective_scan.cu and linear_scan.cu, for tests on machines without a GPU.
 //
-// The kernel source is compiled as plain C++ (HJSS_HOST_EMULATION leaves out its CUDA
+// The kernel sources are compiled as plain C++ (HJSEQ_HOST_EMULATION leaves out their CUDA
 // launchers). Each CUDA thread of a block is a std::thread; __syncthreads is a
 // std::barrier over the block; a warp shuffle is a barrier-fenced exchange through a
 // block-wide buffer (every thread of the block reaches the kernels' shuffles together);
@@ -68,11 +68,13 @@ inline float atomicAdd(float *p, float v) {
     return old;
 }
 
-#define HJSS_HOST_EMULATION
+#define HJSEQ_HOST_EMULATION
 #include "cuda/selective_scan.cu"
+#include "cuda/linear_scan.cu"
 
 namespace {
-void run_grid(void (*kernel)(HJSSParams), const HJSSParams &p) {
+template <typename P>
+void run_grid(void (*kernel)(P), const P &p) {
     for (int b = 0; b < p.batch; ++b) {
         for (int d = 0; d < p.dim; ++d) {
             hjemu::bid = {(unsigned)d, (unsigned)b, 0};
@@ -102,6 +104,22 @@ extern "C" int emu_backward(const HJSSParams *p) {
     switch (p->dtype) {
         case HJSS_F32: run_grid(bwd_kernel<float>, *p); return 0;
         case HJSS_BF16: run_grid(bwd_kernel<__nv_bfloat16>, *p); return 0;
+        default: return 1;
+    }
+}
+
+extern "C" int emu_linear_forward(const HJLSParams *p) {
+    switch (p->dtype) {
+        case HJSS_F32: run_grid(lin_fwd_kernel<float>, *p); return 0;
+        case HJSS_BF16: run_grid(lin_fwd_kernel<__nv_bfloat16>, *p); return 0;
+        default: return 1;
+    }
+}
+
+extern "C" int emu_linear_backward(const HJLSParams *p) {
+    switch (p->dtype) {
+        case HJSS_F32: run_grid(lin_bwd_kernel<float>, *p); return 0;
+        case HJSS_BF16: run_grid(lin_bwd_kernel<__nv_bfloat16>, *p); return 0;
         default: return 1;
     }
 }
