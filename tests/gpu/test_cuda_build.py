@@ -42,9 +42,10 @@ def test_nvcc_compiles(name, arch, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
-def test_cuda_backend_says_why_it_is_off():
-    mod = importlib.import_module("hjseq.ops.selective_scan.cuda")
+@pytest.mark.parametrize("op,arg", [("selective_scan", "u"), ("linear_scan", "b")])
+def test_cuda_backend_says_why_it_is_off(op, arg):
+    mod = importlib.import_module(f"hjseq.ops.{op}.cuda")
     with pytest.raises(BackendUnavailable, match="CUDA"):
         mod.load()
     assert "cu_seqlens" in mod.supports(cu_seqlens=torch.tensor([0, 1]))
-    assert "float64" in mod.supports(u=torch.zeros(1, dtype=torch.float64))
+    assert "float64" in mod.supports(**{arg: torch.zeros(1, dtype=torch.float64)})
