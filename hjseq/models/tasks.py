@@ -123,7 +123,7 @@ def run_task(task: str, kind: str, steps: int, batch: int, seq_len: int, d_model
             pred = model(x).argmax(-1)
             correct += int((pred[mask] == y[mask]).sum())
             total += int(mask.sum())
-    return TaskResult(task, kind, model.num_params(), steps, correct / total, float(loss), seconds)
+    return TaskResult(task, kind, model.num_params(), steps, correct / total, float(loss.detach()), seconds)
 
 
 def table(results: list[TaskResult]) -> str:

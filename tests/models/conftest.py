@@ -3,12 +3,23 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 from hjseq.models.config import load_config
 
 # A few standard-library files: a small, real byte corpus that loads in milliseconds.
 _FILES = ["textwrap.py", "json/__init__.py", "json/decoder.py", "json/encoder.py",
           "json/scanner.py", "json/tool.py", "colorsys.py", "bisect.py", "keyword.py"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is as fast on an idle machine and avoids
+    OpenMP spin-wait slowdowns (20x measured) on a machine shared with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
