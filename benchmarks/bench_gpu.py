@@ -114,7 +114,7 @@ def run(ops: list[str], quick: bool) -> list[Record]:
                     if base is not None and rec is not base:
                         rec.ratio_vs["vs_mamba"] = base.median_ms / rec.median_ms
                 records += row
-                del kw
+                kw = {}  # free the inputs before the next shape
                 torch.cuda.empty_cache()
     return records
 
