@@ -97,7 +97,7 @@ def worst_case_change(
 
     gen = torch.Generator().manual_seed(seed)
     best = torch.zeros(B, dtype=x.dtype)
-    step = 2.5 * radius / steps
+    step = radius  # large steps, then projection: a shifted power iteration for near-linear maps
     for _ in range(restarts):
         delta = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         delta = radius * delta / per_sample_norm(delta)

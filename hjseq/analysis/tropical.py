@@ -168,6 +168,8 @@ def count_linear_regions(
         dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
     lo_t = torch.as_tensor(lo, dtype=dtype).reshape(-1)
     hi_t = torch.as_tensor(hi, dtype=dtype).reshape(-1)
+    if in_features is None:  # from the first LSE layer, else from the box
+        in_features = next((m.in_features for m in model.modules() if isinstance(m, LSELayer)), None)
     d = in_features or max(lo_t.numel(), hi_t.numel())
     if d not in (1, 2):
         raise ValueError(f"count_linear_regions grids only d = 1 or 2 inputs, got d={d}")
