@@ -13,6 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace hjseq {
 
@@ -124,7 +127,26 @@ struct Math<float> {
   // inputs are clamped to that range (exp(-87.3) ~ 1e-38, so underflow stays finite
   // and normal), NaN propagates.
   static inline V exp(V x) {
-#if HJ_HAVE_VEC
+#if HJ_HAVE_VEC && defined(__AVX512F__)
+    // Same polynomial; AVX-512 rounds with vrndscale and applies 2^k with vscalef, so the
+    // clamps are one min/max each (operand order keeps NaN: vmaxps returns the 2nd
+    // operand when either is NaN).
+    __m512 v = (__m512)x;
+    v = _mm512_max_ps(_mm512_set1_ps(-87.3365447505531f), v);
+    v = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), v);
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return (V)_mm512_scalef_ps(p, k);
+#elif HJ_HAVE_VEC
     using I = Simd<float>::I;
     const V hi = splat(88.3762626647949f), lo = splat(-87.3365447505531f);
     x = HJ_SELECT(x > hi, hi, x);
