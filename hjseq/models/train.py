@@ -435,6 +435,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoint.pt (or the given checkpoint file)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's); "
+                   "1 is often fastest on a machine shared with other jobs")
 
 
 def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
@@ -445,10 +447,15 @@ def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
             t[key] = val
     if args.bf16:
         t["bf16"] = True
-    return RunConfig(run.model, TrainConfig.from_dict(t, "command line", "--"), run.source)
+    return RunConfig(run.model, TrainConfig.from_dict(t, "command line", "train"), run.source)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     if args.config is None and not args.resume:
         print("hjseq train: give a CONFIG (e.g. examples/configs/small.toml) or --resume",
               file=sys.stderr)
