@@ -114,7 +114,7 @@ def test_dispatch_by_name_and_bad_input():
     y_ref, h_ref = selective_scan(**kw, backend="ref")
     assert max_err(y, y_ref) < 1e-12 and max_err(h, h_ref) < 1e-12
     bad = dict(kw, A=torch.zeros(3, 2, dtype=torch.float64, device=DEVICE))
-    with pytest.raises(ValueError, match="A must be"):
+    with pytest.raises(ValueError, match="A must have shape"):
         triton_backend(OP)(**bad)
     with pytest.raises(ValueError, match="initial_state"):
         triton_backend(OP)(**dict(kw, initial_state=torch.zeros(2, 2, 2, dtype=torch.float64,
@@ -151,3 +151,13 @@ def test_empty_sequence_axis():
     y, h = fn(z, z, -torch.ones(2, 3, device=DEVICE), torch.zeros(1, 3, 0, device=DEVICE),
               torch.zeros(1, 3, 0, device=DEVICE), initial_state=h0, return_final_state=True)
     assert y.shape == (1, 2, 0) and torch.equal(h, h0)
+
+
+def test_shared_B_with_grouped_C():
+    """B (B, N, L) shared by all channels while C has groups (B, G, N, L)."""
+    x = make_inputs(batch=1, dim=4, L=20, N=3, groups=2)
+    x["B"] = leaf(x["B"].detach()[:, 0])
+    res = compare(x, "zoh")
+    assert res["B"][1].shape == (1, 3, 20)
+    for name, (r, t) in res.items():
+        assert max_err(t, r) < 1e-10, (name, max_err(t, r))

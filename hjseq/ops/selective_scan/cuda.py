@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .._cuda_common import build, unavailable_reason
 from .._registry import BackendUnavailable
-from ._validate import check_args
+from .checks import validate
+from ._groups import as4d, from4d, n_groups
 
 MAX_N = 256  # HJSS_MAX_N in csrc/cuda/selective_scan.h
 SOURCES = ["cuda/selective_scan.cu", "cuda/selective_scan_binding.cpp"]
@@ -45,8 +46,8 @@ class _CudaScanFn(torch.autograd.Function):
         ext = _ext()
         dt = u.dtype
         u_, delta_ = u.contiguous(), delta.to(dt).contiguous()
-        B4 = (B.unsqueeze(1) if B.dim() == 3 else B).to(dt).contiguous()
-        C4 = (C.unsqueeze(1) if C.dim() == 3 else C).to(dt).contiguous()
+        G = n_groups(B, C)  # a 3-D B or C is repeated over the other's groups
+        B4, C4 = as4d(B, G).to(dt).contiguous(), as4d(C, G).to(dt).contiguous()
         z_ = z.to(dt).contiguous() if z is not None else None
         A_ = A.float().contiguous()
         D_ = D.float().contiguous() if D is not None else None
@@ -55,8 +56,9 @@ class _CudaScanFn(torch.autograd.Function):
         out, hT, states, ypre = ext.forward(u_, delta_, A_, B4, C4, D_, z_, bias_,
                                             bool(delta_softplus), h0_, zoh)
         ctx.save_for_backward(u_, delta_, A_, B4, C4, D_, z_, bias_, states, ypre)
-        ctx.meta = (bool(delta_softplus), zoh, delta.dtype, A.dtype, B.shape, B.dtype, C.shape,
-                    C.dtype, None if D is None else D.dtype, None if z is None else z.dtype,
+        ctx.meta = (bool(delta_softplus), zoh, delta.dtype, A.dtype, (B.dim(), B.dtype),
+                    (C.dim(), C.dtype), None if D is None else D.dtype,
+                    None if z is None else z.dtype,
                     None if delta_bias is None else delta_bias.dtype,
                     None if h0 is None else h0.dtype)
         return out, hT
@@ -64,14 +66,13 @@ class _CudaScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT):
         u, delta, A, B4, C4, D, z, bias, states, ypre = ctx.saved_tensors
-        (softplus, zoh, delta_dt, A_dt, B_shape, B_dt, C_shape, C_dt, D_dt, z_dt, bias_dt,
-         h0_dt) = ctx.meta
+        softplus, zoh, delta_dt, A_dt, B_like, C_like, D_dt, z_dt, bias_dt, h0_dt = ctx.meta
         dout = dout.to(u.dtype).contiguous() if dout is not None else torch.zeros_like(u)
         dhT = dhT.float().contiguous() if dhT is not None else None
         du, ddelta, dA_p, dB, dC, dD_p, dz, dbias_p, dh0 = _ext().backward(
             u, delta, A, B4, C4, D, z, bias, softplus, zoh, states, ypre, dout, dhT)
-        return (du, ddelta.to(delta_dt), dA_p.sum(0).to(A_dt), dB.reshape(B_shape).to(B_dt),
-                dC.reshape(C_shape).to(C_dt), dD_p.sum(0).to(D_dt) if D_dt is not None else None,
+        return (du, ddelta.to(delta_dt), dA_p.sum(0).to(A_dt), from4d(dB, *B_like),
+                from4d(dC, *C_like), dD_p.sum(0).to(D_dt) if D_dt is not None else None,
                 dz.to(z_dt) if z_dt is not None else None,
                 dbias_p.sum(0).to(bias_dt) if bias_dt is not None else None,
                 None, dh0.to(h0_dt) if h0_dt is not None else None, None)
@@ -85,7 +86,8 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     """CUDA selective scan; arguments, shapes and results as ``selective_scan_ref``
     (u, delta, z (B, D, L); A (D, N); B, C (B, N, L) | (B, G, N, L); D, delta_bias (D,);
     initial_state (B, D, N)). Returns y (B, D, L) in u's dtype [and the fp32 final state]."""
-    check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, scheme, cu_seqlens)
+    validate(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state,
+             scheme=scheme, cu_seqlens=cu_seqlens)
     reason = supports(u=u, A=A, cu_seqlens=cu_seqlens)
     if reason:
         raise BackendUnavailable(f"selective_scan backend 'cuda': {reason}")

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from ._validate import check_args
+from ._groups import as4d, from4d, n_groups
+from .checks import validate
 from .._triton_common import (acc_dtype, pick_tile, scan_combine, tile_offsets,
                               tl, tl_dtype, triton, unavailable_reason)
 
@@ -319,11 +320,6 @@ def _config(length: int, dg: int, n: int, device: torch.device) -> tuple[int, in
     return min(triton.next_power_of_2(dg), 16), pick_tile(length, cap=64), 1
 
 
-def _as4d(X: Tensor) -> Tensor:
-    """(B, N, L) -> (B, 1, N, L) view; (B, G, N, L) unchanged."""
-    return X.unsqueeze(1) if X.dim() == 3 else X
-
-
 class _Meta:
     """Shapes and launch parameters shared by the forward and backward launches."""
 
@@ -367,7 +363,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, zoh,
                 cu_seqlens):
-        B4, C4 = _as4d(B), _as4d(C)
+        G = n_groups(B, C)
+        B4, C4 = as4d(B, G), as4d(C, G)
         need_grad = any(ctx.needs_input_grad)
         out, hT, states, slots = _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
                                           initial_state, zoh, cu_seqlens, need_grad)
@@ -379,7 +376,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT):
         u, delta, A, B, C, D, z, delta_bias, h0, cu_seqlens, states, slots = ctx.saved_tensors
-        B4, C4 = _as4d(B), _as4d(C)
+        G = n_groups(B, C)
+        B4, C4 = as4d(B, G), as4d(C, G)
         m = _Meta(u, A, B4, cu_seqlens)
         dev = u.device
         dout = dout.contiguous() if dout is not None else torch.zeros_like(u)
@@ -413,8 +411,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         dA = dA_p[:, :, :m.N].sum(0).to(A.dtype)
         dD = dD_p.sum(0).to(D.dtype) if D is not None else None
         dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-        dB = dB4.reshape(B.shape).to(B.dtype)
-        dC = dC4.reshape(C.shape).to(C.dtype)
+        dB, dC = from4d(dB4, B.dim(), B.dtype), from4d(dC4, C.dim(), C.dtype)
         dh0 = dh0.to(h0.dtype) if h0 is not None else None
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0, None, None
 
@@ -428,7 +425,8 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,);
     initial_state (B, D, N) (or (S, D, N) with ``cu_seqlens`` (S+1,)). Returns y (B, D, L)
     in u's dtype, and the float32/float64 final state with ``return_final_state``."""
-    check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, scheme, cu_seqlens)
+    validate(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state,
+             scheme=scheme, cu_seqlens=cu_seqlens)
     if initial_state is not None:
         initial_state = initial_state.contiguous()  # read with the (S, D, N) state layout
     y, hT = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
