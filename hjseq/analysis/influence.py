@@ -128,7 +128,9 @@ def attention_weights(model: nn.Module, *inputs, **kwargs) -> dict[str, Tensor]:
     for name, (args, kw) in captured.items():
         mod = model.get_submodule(name) if name else model
         x = args[0]
-        mask = args[1] if len(args) > 1 else kw.get("key_padding_mask")
+        mask = kw.get("key_padding_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], Tensor) and args[1].dtype == torch.bool:
+            mask = args[1]  # positional key_padding_mask (subclasses may use the slot otherwise)
         with torch.no_grad():
             out[name] = mod.attribution_weights(x, mask)
     return out

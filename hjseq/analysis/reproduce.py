@@ -230,18 +230,27 @@ def tropical_summary(seed: int = 0) -> dict:
     }
 
 
-def run_all(preset: dict = SMALL) -> dict:
-    """Every reproduction at the given size preset."""
-    return {
-        "fold_cascade": fold_cascade(preset["fold_eps"], preset["fold_seeds"]),
-        "entropy_in_eps": entropy_in_eps(),
-        "quadrature": quadrature_slopes(preset),
-        "scaling_law": scaling_slopes(preset),
-        "intrinsic_dimension": intrinsic_dimension_slopes(preset),
-        "generalization": generalization_slopes(preset),
-        "influence_identities": influence_identities(),
-        "hessian_bound": hessian_bound_checks(preset),
-        "robustness": robustness_curves(),
-        "tropical": tropical_summary(),
-        "eps_star": {f"N={N},d={d}": eps_star(N, d) for N, d in ((16, 2), (100, 1), (256, 4))},
-    }
+def run_all(preset: dict = SMALL, log=None) -> dict:
+    """Every reproduction at the given size preset; ``log(str)`` reports progress."""
+    import time
+
+    steps = [
+        ("fold_cascade", lambda: fold_cascade(preset["fold_eps"], preset["fold_seeds"])),
+        ("entropy_in_eps", entropy_in_eps),
+        ("quadrature", lambda: quadrature_slopes(preset)),
+        ("scaling_law", lambda: scaling_slopes(preset)),
+        ("intrinsic_dimension", lambda: intrinsic_dimension_slopes(preset)),
+        ("generalization", lambda: generalization_slopes(preset)),
+        ("influence_identities", influence_identities),
+        ("hessian_bound", lambda: hessian_bound_checks(preset)),
+        ("robustness", robustness_curves),
+        ("tropical", tropical_summary),
+    ]
+    out = {}
+    for name, fn in steps:
+        t0 = time.perf_counter()
+        out[name] = fn()
+        if log is not None:
+            log(f"{name}: {time.perf_counter() - t0:.1f} s")
+    out["eps_star"] = {f"N={N},d={d}": eps_star(N, d) for N, d in ((16, 2), (100, 1), (256, 4))}
+    return out

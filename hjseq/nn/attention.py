@@ -173,29 +173,28 @@ class HJAttention(nn.Module):
         return self.out_proj(o.transpose(1, 2).reshape(B, L, self.d_model))
 
     # ---------------------------------------------------------------- API
+    def _self_attention(self, x: Tensor, key_padding_mask: Tensor | None, want_weights: bool):
+        q, k, v = self.qkv(x)
+        B, L, _ = x.shape
+        self._check_mask(key_padding_mask, B, L)
+        o, pi = self._attend(q, k, v, self._visible(B, L, L, key_padding_mask, x.device), want_weights)
+        return self._merge(o), pi, k, v
+
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None = None, return_weights: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Self-attention ``(B, L, D) → (B, L, D)``; with ``return_weights`` also π ``(B, H, L, L)``."""
-        q, k, v = self.qkv(x)
-        B, L, _ = x.shape
-        self._check_mask(key_padding_mask, B, L)
-        vis = self._visible(B, L, L, key_padding_mask, x.device)
-        o, pi = self._attend(q, k, v, vis, return_weights)
-        y = self._merge(o)
+        y, pi, _, _ = self._self_attention(x, key_padding_mask, return_weights)
         return (y, pi) if return_weights else y
 
     def attribution_weights(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """π ``(B, H, L, L)``: the Hopf–Cole Gibbs weights of every head and query."""
-        return self.forward(x, key_padding_mask, return_weights=True)[1]
+        return self._self_attention(x, key_padding_mask, True)[1]
 
     def prefill(self, x: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
         """Forward over a prompt ``(B, L, D)`` and the ``KVCache`` to continue with ``step``."""
-        q, k, v = self.qkv(x)
-        B, L, _ = x.shape
-        self._check_mask(key_padding_mask, B, L)
-        o, _ = self._attend(q, k, v, self._visible(B, L, L, key_padding_mask, x.device), False)
-        return self._merge(o), KVCache(k, v, key_padding_mask)
+        y, _, k, v = self._self_attention(x, key_padding_mask, False)
+        return y, KVCache(k, v, key_padding_mask)
 
     def step(self, x_t: Tensor, cache: KVCache | dict | None = None) -> tuple[Tensor, KVCache]:
         """One decoding step: x_t ``(B, D)`` → y_t ``(B, D)`` and the cache grown by one key.
