@@ -50,14 +50,6 @@ def tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def same_device(op: str, ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
-    """Raise a clear error if any named tensor is not on ``ref``'s device."""
-    for name, t in tensors.items():
-        if t is not None and t.device != ref.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but the inputs are on {ref.device}; "
-                             f"move it with .to({str(ref.device)!r})")
-
-
 def tile_offsets(cu_seqlens: torch.Tensor | None, batch: int, length: int, tile: int,
                  device: torch.device) -> tuple[torch.Tensor, int]:
     """Start slot of each sequence in a buffer that holds one entry per tile of ``tile``

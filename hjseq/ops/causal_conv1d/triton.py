@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from .._triton_common import acc_dtype, same_device, tl, tl_dtype, triton, unavailable_reason
+from .._triton_common import acc_dtype, tl, tl_dtype, triton, unavailable_reason
+from . import _validate  # the dispatcher's argument checks
 
 OP = "causal_conv1d"
 
@@ -274,25 +275,7 @@ def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     """Triton depthwise causal conv; x (B, D, L), weight (D, W), bias (D,), initial_state
     (B, D, W−1) (or (S, D, W−1) with ``cu_seqlens`` (S+1,)). Returns y (B, D, L) in x's
     dtype and, on request, the final state (B|S, D, W−1) in x's dtype."""
-    if x.dim() != 3:
-        raise ValueError(f"{OP}: x must be (B, D, L), got shape {tuple(x.shape)}")
-    batch, dim, L = x.shape
-    if weight.dim() != 2 or weight.shape[0] != dim or weight.shape[1] < 1:
-        raise ValueError(f"{OP}: weight must be (D, W) = ({dim}, W), got {tuple(weight.shape)}")
-    if bias is not None and bias.shape != (dim,):
-        raise ValueError(f"{OP}: bias must be ({dim},), got {tuple(bias.shape)}")
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"{OP}: activation must be None, 'silu' or 'swish', got {activation!r}")
-    n_seq = batch
-    if cu_seqlens is not None:
-        from .._checks import check_cu_seqlens
-        n_seq = check_cu_seqlens(OP, cu_seqlens, batch, L)
-    W = weight.shape[1]
-    if initial_state is not None and initial_state.shape != (n_seq, dim, W - 1):
-        raise ValueError(f"{OP}: initial_state must be {(n_seq, dim, W - 1)}, got "
-                         f"{tuple(initial_state.shape)}")
-    same_device(OP, x, weight=weight, bias=bias, initial_state=initial_state,
-                cu_seqlens=cu_seqlens)
+    _validate(x, weight, bias, activation, initial_state, cu_seqlens)
     if initial_state is not None:
         initial_state = initial_state.contiguous()  # read with the final state's layout
     y, fin = _CausalConvFn.apply(x, weight, bias, activation is not None, initial_state,

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .._cuda_common import build, unavailable_reason
 from .._registry import BackendUnavailable
+from . import _validate  # the dispatcher's argument checks
 
 OP = "linear_scan"
 SOURCES = ["cuda/linear_scan.cu", "cuda/linear_scan_binding.cpp"]
@@ -59,12 +60,7 @@ def linear_scan_cuda(a: Tensor, b: Tensor, initial_state: Tensor | None = None,
                      return_final_state: bool = False, cu_seqlens: Tensor | None = None):
     """CUDA ``h_t = a_t h_{t-1} + b_t``; a, b (B, D, L), initial_state (B, D). Returns h
     (B, D, L) in b's dtype and, on request, the float32 final state (B, D)."""
-    if b.dim() != 3 or a.shape != b.shape:
-        raise ValueError(f"{OP}: a and b must both be (B, D, L), got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
-    if initial_state is not None and initial_state.shape != b.shape[:2]:
-        raise ValueError(f"{OP}: initial_state must be {tuple(b.shape[:2])}, got "
-                         f"{tuple(initial_state.shape)}")
+    _validate(a, b, initial_state, cu_seqlens)
     reason = supports(a=a, b=b, cu_seqlens=cu_seqlens)
     if reason:
         raise BackendUnavailable(f"{OP} backend 'cuda': {reason}")

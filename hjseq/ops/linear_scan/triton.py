@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from .._triton_common import (acc_dtype, pick_tile, same_device, scan_combine, tile_offsets,
-                              tl, tl_dtype, triton, unavailable_reason)
+from .._triton_common import (acc_dtype, pick_tile, scan_combine, tile_offsets, tl, tl_dtype,
+                              triton, unavailable_reason)
+from . import _validate  # the dispatcher's argument checks
 
 OP = "linear_scan"
 
@@ -167,20 +168,9 @@ def linear_scan_triton(a: Tensor, b: Tensor, initial_state: Tensor | None = None
     """Triton ``h_t = a_t h_{t-1} + b_t``; a, b (B, D, L), initial_state (B, D) (or (S, D)
     with ``cu_seqlens`` (S+1,)). Returns h (B, D, L) in b's dtype and, on request, the
     float32/float64 final state (B, D) / (S, D)."""
-    if b.dim() != 3 or a.shape != b.shape:
-        raise ValueError(f"{OP}: a and b must both be (B, D, L), got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
-    batch, dim, L = b.shape
-    n_seq = batch
-    if cu_seqlens is not None:
-        from .._checks import check_cu_seqlens
-        n_seq = check_cu_seqlens(OP, cu_seqlens, batch, L)
+    _validate(a, b, initial_state, cu_seqlens)
     if initial_state is not None:
-        if initial_state.shape != (n_seq, dim):
-            raise ValueError(f"{OP}: initial_state must be {(n_seq, dim)}, got "
-                             f"{tuple(initial_state.shape)}")
-        initial_state = initial_state.contiguous()
-    same_device(OP, b, a=a, initial_state=initial_state, cu_seqlens=cu_seqlens)
+        initial_state = initial_state.contiguous()  # read with the (S, D) state layout
     h, hT = _LinearScanFn.apply(a, b, initial_state, cu_seqlens)
     return (h, hT) if return_final_state else h
 
