@@ -240,8 +240,13 @@ inline void delta_tile(acc_t* dt, acc_t* sig, int64_t Tn, vec_t<acc_t> biasv, bo
   for (int64_t tt = 0; tt < Tn; ++tt) {
     vec_t<acc_t> x = vload(dt + tt * W) + biasv;
     if (softplus) {
-      if (sig) vstore(sig + tt * W, M::sigmoid(x));
-      x = M::softplus(x);
+      if (sig) {
+        vec_t<acc_t> s;
+        x = M::softplus_sigmoid(x, &s);
+        vstore(sig + tt * W, s);
+      } else {
+        x = M::softplus(x);
+      }
     }
     vstore(dt + tt * W, x);
   }

@@ -218,6 +218,21 @@ struct Math<float> {
 
   static inline V sigmoid(V x) { return 1.0f / (1.0f + exp(-x)); }
 
+  // softplus(x) and σ(x) = e/(1+e) sharing e = exp(x) (the backward needs both).
+  static inline V softplus_sigmoid(V x, V* sig) {
+#if HJ_HAVE_VEC
+    V e = exp(x);
+    V w = e + 1.0f;
+    V d = w - 1.0f;
+    *sig = e / w;
+    V l1p = HJ_SELECT(d == 0.0f, e, log_ge1(w) * (e / HJ_SELECT(d == 0.0f, splat(1.0f), d)));
+    return HJ_SELECT(x > 20.0f, x, l1p);
+#else
+    *sig = sigmoid(x);
+    return softplus(x);
+#endif
+  }
+
   // Taylor order used for |x| < 0.5 in phi1 / psi (truncation < 1e-8 relative).
   static constexpr int kTaylor = 8;
 };
@@ -241,6 +256,10 @@ struct Math<double> {
   }
   static inline V sigmoid(V x) {
     return lanewise(x, [](double s) { return 1.0 / (1.0 + std::exp(-s)); });
+  }
+  static inline V softplus_sigmoid(V x, V* sig) {
+    *sig = sigmoid(x);
+    return softplus(x);
   }
   static constexpr int kTaylor = 15;
 };

@@ -127,11 +127,12 @@ def test_cpu_matches_ref(dtype, scheme, features):
 
 
 @needs_cpu
-@pytest.mark.parametrize("L", [0, 1, 63, 64, 65, 200])
-def test_chunk_and_lane_edges(L):
-    """Lengths around the checkpoint chunk and a channel count that leaves partial SIMD
-    blocks (dim 22 in 2 groups = 11 channels per group)."""
-    assert ss_cpu.CHUNK == 64
+@pytest.mark.parametrize("L_offset", [(0, 0), (0, 1), (1, -1), (1, 0), (1, 1), (2, 5)])
+def test_chunk_and_lane_edges(L_offset):
+    """Lengths around the checkpoint chunk (k·CHUNK + r) and a channel count that leaves
+    partial SIMD blocks (dim 22 in 2 groups = 11 channels per group)."""
+    k, r = L_offset
+    L = k * ss_cpu.CHUNK + r
     args = make_inputs(batch=1, dim=22, L=L, N=3, groups=2, dtype=torch.float64)
     compare(args, *TOL[torch.float64], delta_softplus=True)
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from .._build import DEFAULT_CFLAGS, load_extension
 
 #: time steps per checkpoint chunk (backward memory ~ B·D·N·L/CHUNK floats)
-CHUNK = 64
+CHUNK = 128
 _SCHEMES = {"euler_b": 0, "zoh": 1}
 _ext: Optional[ModuleType] = None
 
