@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._registry import register, resolve
+from .._dispatch import dispatch
+from .._registry import register
+from .ref import check_inputs
 
 OP = "selective_state_update"
 register(OP, "ref", "hjseq.ops.selective_state_update.ref", devices=("cpu", "cuda"))
@@ -20,8 +22,10 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 
     state (B, D, N); x, dt, z (B, D); A (D, N); B, C (B, N) or (B, G, N); D, dt_bias (D,).
     Returns ``(out (B, D), new_state (B, D, N))``; the input state is left unchanged.
+    Arguments are checked first (ref.check_inputs): a wrong shape, dtype or device raises an
+    error naming the argument.
     """
+    check_inputs(state, x, dt, A, B, C, D, z, dt_bias, scheme)
     kwargs = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                   dt_softplus=dt_softplus, scheme=scheme)
-    _, fn = resolve(OP, backend, x.device.type, **kwargs)
-    return fn(**kwargs)
+    return dispatch(OP, backend, x.device.type, kwargs)
