@@ -177,6 +177,9 @@ class HJAttention(nn.Module):
         q, k, v = self.qkv(x)
         B, L, _ = x.shape
         self._check_mask(key_padding_mask, B, L)
+        if key_padding_mask is None and not want_weights and self.eps > 0 and self.use_sdpa:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0 / self.eps)
+            return self._merge(o), None, k, v
         o, pi = self._attend(q, k, v, self._visible(B, L, L, key_padding_mask, x.device), want_weights)
         return self._merge(o), pi, k, v
 
