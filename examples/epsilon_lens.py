@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/epsilon_lens", help="output directory (default: out/epsilon_lens)")
     p.add_argument("--size", choices=("small", "full"), default="full")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy machine: the problems are small)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     summary = report.run(args.out, R.FULL if args.size == "full" else R.SMALL, make_plots=not args.no_plots)
     print(json.dumps(summary, indent=1))

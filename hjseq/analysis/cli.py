@@ -30,12 +30,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="random-token prompts (no --text)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", action="store_true", help="write JSON only")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.toy == bool(args.checkpoint):
         raise SystemExit("hjseq analyze: give either a CHECKPOINT directory or --toy (not both, not neither)")
     out = Path(args.out)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.toy:
         from hjseq.analysis import report
         from hjseq.analysis import reproduce as R
