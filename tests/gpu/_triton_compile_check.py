@@ -1,7 +1,7 @@
 """Compile every hjseq Triton kernel for a real GPU target (sm_80) without a GPU.
 
 Run as a script in a process WITHOUT TRITON_INTERPRET (so ``triton.jit`` builds real
-kernels). Each kernel object in the backends is replaced by a shim that, when the Python
+kernels), with the wrappers' CUDA launch configurations. Each kernel object in the backends is replaced by a shim that, when the Python
 wrapper launches it, compiles it through Triton's full pipeline (to a cubin, with Triton's
 bundled ptxas) for the argument types of that launch instead of running it. The wrappers
 are called with small CPU tensors (their values are never read), forward and backward, so
@@ -58,6 +58,14 @@ class CompileOnLaunch:
 
 
 def install() -> None:
+    """Shim every kernel, and make the wrappers pick their CUDA launch configurations
+    (tile sizes, warps) although the tensors are on the CPU."""
+    cuda = torch.device("cuda")
+    ss = importlib.import_module("hjseq.ops.selective_scan.triton")
+    ss._on_gpu = lambda t: True
+    for op in ("linear_scan", "causal_conv1d"):
+        mod = importlib.import_module(f"hjseq.ops.{op}.triton")
+        mod._config = (lambda cfg: lambda length, dim, device: cfg(length, dim, cuda))(mod._config)
     for op in ("selective_scan", "linear_scan", "causal_conv1d", "selective_state_update"):
         mod = importlib.import_module(f"hjseq.ops.{op}.triton")
         for name, obj in list(vars(mod).items()):

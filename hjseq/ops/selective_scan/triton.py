@@ -308,31 +308,42 @@ if triton is not None:
         tl.store(dbias_ptr + pid_s * D_total + d, dbias_acc, mask=dmask)
 
 
-def _config(length: int, dg: int, n: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_D, T, num_warps). On CUDA the tile is kept near 2-4K elements per
-    (BLOCK_D, T, N) block to stay in registers (untuned: no GPU has measured it yet)."""
-    block_n = triton.next_power_of_2(n)
-    if device.type == "cuda":
-        t = pick_tile(length, cap=32)
-        bd = max(1, min(triton.next_power_of_2(dg), 4096 // (t * block_n)))
-        return min(bd, 8), t, 4
-    # interpreter: numpy per tile op, so larger tiles mean fewer Python-level steps
-    return min(triton.next_power_of_2(dg), 16), pick_tile(length, cap=64), 1
+def _on_gpu(t: Tensor) -> bool:
+    """Compiled-GPU launch configuration (else the interpreter's)."""
+    return t.device.type == "cuda"
 
 
 class _Meta:
-    """Shapes and launch parameters shared by the forward and backward launches."""
+    """Shapes and launch parameters of the forward and backward launches (they share T,
+    the tile of the saved states; BLOCK_D and num_warps may differ).
+
+    On CUDA the (BLOCK_D, T, N) tile holds ~4K elements in the forward and ~2K in the
+    heavier backward, 8 and 4 warps: at N = 16 the sm_80 build of the forward then uses 128
+    registers and the backward 255, neither spilling (ptxas -v on the compiled PTX; no GPU
+    has timed these choices yet). Under the interpreter larger tiles mean fewer numpy steps.
+    """
 
     def __init__(self, u: Tensor, A: Tensor, B4: Tensor, cu_seqlens: Tensor | None):
         self.batch, self.dim, self.L = u.shape
         self.N = A.shape[1]
         self.G = B4.shape[1]
         self.DG = self.dim // self.G
-        self.block_d, self.T, self.num_warps = _config(self.L, self.DG, self.N, u.device)
         self.block_n = triton.next_power_of_2(self.N)
         self.n_seq = self.batch if cu_seqlens is None else cu_seqlens.numel() - 1
-        self.grid = (self.n_seq, self.G, triton.cdiv(self.DG, self.block_d))
         self.acc = acc_dtype(u.dtype)
+        dg = triton.next_power_of_2(self.DG)
+        if _on_gpu(u):
+            self.T = pick_tile(self.L, cap=32)
+            self.block_d_fwd = max(1, min(dg, 8, 4096 // (self.T * self.block_n)))
+            self.block_d_bwd = max(1, min(dg, 4, 2048 // (self.T * self.block_n)))
+            self.warps_fwd, self.warps_bwd = 8, 4
+        else:
+            self.T = pick_tile(self.L, cap=64)
+            self.block_d_fwd = self.block_d_bwd = min(dg, 16)
+            self.warps_fwd = self.warps_bwd = 1
+
+    def grid(self, block_d: int) -> tuple[int, int, int]:
+        return (self.n_seq, self.G, triton.cdiv(self.DG, block_d))
 
 
 def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_seqlens,
@@ -345,17 +356,18 @@ def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_
               else hT)
     z_ = z if z is not None else u
     cu = cu_seqlens if cu_seqlens is not None else slots
-    _ssm_fwd_kernel[m.grid](
+    _ssm_fwd_kernel[m.grid(m.block_d_fwd)](
         u, delta, A, B4, C4, D if D is not None else u, z_,
         delta_bias if delta_bias is not None else u, h0 if h0 is not None else hT,
         out, states, hT, cu, slots,
         m.L, m.DG, m.N,
         *u.stride(), *delta.stride(), *z_.stride(), *out.stride(),
         *A.stride(), *B4.stride(), *C4.stride(), *hT.stride(),
-        BLOCK_D=m.block_d, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None, HAS_Z=z is not None,
+        BLOCK_D=m.block_d_fwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+        HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=zoh,
         HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None, SAVE_STATES=save_states,
-        ACC=tl_dtype(m.acc), num_warps=m.num_warps)
+        ACC=tl_dtype(m.acc), num_warps=m.warps_fwd)
     return out, hT, states, slots
 
 
@@ -395,7 +407,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         z_ = z if z is not None else u
         dz_ = dz if dz is not None else du
         cu = cu_seqlens if cu_seqlens is not None else slots
-        _ssm_bwd_kernel[m.grid](
+        _ssm_bwd_kernel[m.grid(m.block_d_bwd)](
             u, delta, A, B4, C4, D if D is not None else u, z_,
             delta_bias if delta_bias is not None else u,
             dout, dhT.contiguous() if dhT is not None else dh0, states, cu, slots,
@@ -404,10 +416,10 @@ class _SelectiveScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *z_.stride(), *du.stride(),
             *A.stride(), *B4.stride(), *C4.stride(), *dh0.stride(),
             *dout.stride(), *dB4.stride(),
-            BLOCK_D=m.block_d, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+            BLOCK_D=m.block_d_bwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             ZOH=ctx.zoh, HAS_DHT=dhT is not None, VARLEN=cu_seqlens is not None,
-            ACC=tl_dtype(m.acc), num_warps=m.num_warps)
+            ACC=tl_dtype(m.acc), num_warps=m.warps_bwd)
         dA = dA_p[:, :, :m.N].sum(0).to(A.dtype)
         dD = dD_p.sum(0).to(D.dtype) if D is not None else None
         dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
