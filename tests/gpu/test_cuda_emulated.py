@@ -52,8 +52,9 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def emulated_scan(lib, u, delta, A, B, C, D, z, bias, h0, dout, dhT, zoh):
-    """Forward + backward through the emulated kernels; returns (y, hT, grads dict)."""
+def emulated_scan(lib, u, delta, A, B, C, D, z, bias, h0, dout, dhT, zoh, softplus=True):
+    """Forward + backward through the emulated kernels; returns (y, hT, grads dict).
+    D, z, bias, h0, dhT may be None (the kernel's flags then switch them off)."""
     bsz, dim, L = u.shape
     N, G = A.shape[1], B.shape[1]
     dt = u.dtype
@@ -68,19 +69,40 @@ def emulated_scan(lib, u, delta, A, B, C, D, z, bias, h0, dout, dhT, zoh):
     dA_p, dh0 = torch.empty(bsz, dim, N, **f32), torch.empty(bsz, dim, N, **f32)
     dD_p, dbias_p = torch.empty(bsz, dim, **f32), torch.empty(bsz, dim, **f32)
     p = Params(batch=bsz, dim=dim, seqlen=L, dstate=N, n_groups=G, n_chunks=n_chunks,
-               dtype=code, zoh=int(zoh), delta_softplus=1, has_D=1, has_z=1, has_bias=1,
-               has_h0=1, has_dhT=1)
+               dtype=code, zoh=int(zoh), delta_softplus=int(softplus), has_D=D is not None,
+               has_z=z is not None, has_bias=bias is not None, has_h0=h0 is not None,
+               has_dhT=dhT is not None)
+    if z is None:
+        ypre = dz = None
     for name, t in dict(u=u, delta=delta, z=z, B=B, C=C, A=A, D=D, bias=bias, h0=h0, out=out,
                         ypre=ypre, hT=hT, states=states, dout=dout, dhT=dhT, du=du,
                         ddelta=ddelta, dz=dz, dB=dB, dC=dC, dA_part=dA_p, dD_part=dD_p,
                         dbias_part=dbias_p, dh0=dh0).items():
-        assert t.is_contiguous(), name
+        assert t is None or t.is_contiguous(), name
         setattr(p, name, _ptr(t))
     assert lib.emu_forward(ctypes.byref(p)) == 0
     assert lib.emu_backward(ctypes.byref(p)) == 0
     grads = dict(u=du, delta=ddelta, A=dA_p.sum(0), B=dB, C=dC, D=dD_p.sum(0), z=dz,
                  delta_bias=dbias_p.sum(0), initial_state=dh0)
     return out, hT, grads
+
+
+def test_cuda_kernels_without_optional_inputs(emu):
+    """No D, z, delta_bias, softplus, initial or final-state gradient: the flag-off paths
+    (null pointers) of both kernels, one partial chunk, a single group."""
+    g = torch.Generator().manual_seed(1)
+    u, dout = torch.randn(2, 3, 300, generator=g), torch.randn(2, 3, 300, generator=g)
+    delta = torch.rand(2, 3, 300, generator=g) * 0.5
+    B, C = torch.randn(2, 1, 4, 300, generator=g), torch.randn(2, 1, 4, 300, generator=g)
+    A = -torch.rand(3, 4, generator=g) - 0.05
+    y, hT, grads = emulated_scan(emu, u, delta, A, B, C, None, None, None, None, dout, None,
+                                 zoh=False, softplus=False)
+    x = {k: leaf(v.double()) for k, v in dict(u=u, delta=delta, A=A, B=B, C=C).items()}
+    y_ref, h_ref = ref_backend("selective_scan")(**x, return_final_state=True)
+    ref_grads = dict(zip(x, torch.autograd.grad((y_ref * dout.double()).sum(), list(x.values()))))
+    assert rel_rms(y, y_ref) < 2e-5 and rel_rms(hT, h_ref) < 2e-5
+    for name, gr in ref_grads.items():
+        assert rel_rms(grads[name], gr) < 2e-5, (name, rel_rms(grads[name], gr))
 
 
 @pytest.mark.parametrize("scheme,dtype,tol", [("euler_b", torch.float32, 2e-5),
