@@ -96,3 +96,19 @@ def test_linear_scan_gpu(backend):
     truth = _grads(ref, dict(a=leaf(a.double()), b=leaf(b.double())), ["a", "b"])
     for t, r in zip(got, truth):
         assert rel_rms(t, r) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["triton", "mamba"])
+def test_selective_state_update_gpu(backend):
+    fn = _load("selective_state_update", backend)
+    g = torch.Generator().manual_seed(0)
+    b, d, n, G = 8, 512, 16, 4
+    state = torch.randn(b, d, n, generator=g).cuda()
+    x, dt, z = (torch.randn(b, d, generator=g).cuda().bfloat16() for _ in range(3))
+    B, C = (torch.randn(b, G, n, generator=g).cuda().bfloat16() for _ in range(2))
+    A = -torch.rand(d, n, generator=g).cuda()
+    D, bias = torch.randn(d, generator=g).cuda(), torch.randn(d, generator=g).cuda()
+    ref = importlib.import_module("hjseq.ops.selective_state_update.ref").load()
+    out, new = fn(state, x, dt, A, B, C, D, z, bias, True)
+    ref_out, ref_new = ref(state, x, dt, A, B, C, D, z, bias, True)
+    assert rel_rms(new, ref_new) < 1e-5 and rel_rms(out, ref_out) < 1e-2
