@@ -8,6 +8,7 @@ mirrors the bindings in csrc/cuda/*_binding.cpp."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,18 @@ import torch
 from _gpu_testutil import leaf, max_err, ref_backend, rel_rms
 
 ROOT = Path(__file__).resolve().parents[2]
-CUDA_INC = Path("/usr/local/cuda/include")
+def _cuda_include() -> Path:
+    """The CUDA toolkit's include dir (CUDA_HOME, else next to nvcc, else /usr/local/cuda)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc")
+    if home:
+        return Path(home) / "include"
+    if nvcc:
+        return Path(nvcc).resolve().parent.parent / "include"
+    return Path("/usr/local/cuda/include")
+
+
+CUDA_INC = _cuda_include()
 CHUNK = 1024  # HJSS_CHUNK
 
 
@@ -37,7 +49,7 @@ class Params(ctypes.Structure):
 def emu(tmp_path_factory):
     cxx = shutil.which("g++")
     if cxx is None or not (CUDA_INC / "cuda_runtime.h").is_file():
-        pytest.skip("needs g++ and the CUDA headers (/usr/local/cuda/include) to emulate")
+        pytest.skip(f"needs g++ and the CUDA headers ({CUDA_INC}) to emulate the kernels")
     so = tmp_path_factory.mktemp("emu") / "emu.so"
     cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{CUDA_INC}",
            f"-I{ROOT / 'csrc'}", str(ROOT / "tests/gpu/cuda_emulation/emulate.cpp"), "-o", str(so)]
