@@ -20,13 +20,16 @@ from _gpu_testutil import leaf, max_err, ref_backend, rel_rms
 
 ROOT = Path(__file__).resolve().parents[2]
 def _cuda_include() -> Path:
-    """The CUDA toolkit's include dir (CUDA_HOME, else next to nvcc, else /usr/local/cuda)."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    """The CUDA toolkit's include dir: CUDA_HOME, next to nvcc (link or target), or
+    /usr/local/cuda -- the first that has cuda_runtime.h."""
+    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
-    if home:
-        return Path(home) / "include"
     if nvcc:
-        return Path(nvcc).resolve().parent.parent / "include"
+        cands += [Path(nvcc).parent.parent, Path(nvcc).resolve().parent.parent]
+    cands.append("/usr/local/cuda")
+    for c in cands:
+        if c and (Path(c) / "include" / "cuda_runtime.h").is_file():
+            return Path(c) / "include"
     return Path("/usr/local/cuda/include")
 
 
