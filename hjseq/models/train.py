@@ -328,6 +328,8 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rngs, "step": step,
                 "tokens_seen": tokens_seen, "config": run.to_dict(), "world_size": d.world_size,
+                # batches are a function of (seed, step): the next batch is step `step`'s
+                "data_position": {"next_batch_step": step, "seed": cfg.seed},
             })
         if d.enabled:
             dist.barrier()
@@ -374,7 +376,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                 if on_step is not None:
                     on_step(step, loss_val)
             if step % cfg.eval_interval == 0 or step == cfg.steps:
-                val_bpb = evaluate(ddp, corpus.val, cfg, d)
+                val_bpb = evaluate(model, corpus.val, cfg, d)
                 if d.is_main:
                     _write_jsonl(metrics, {"step": step, "val_bpb": val_bpb})
                     log.message(f"step {step}: val bpb {val_bpb:.4f} (unigram {unigram:.4f})")
@@ -389,6 +391,8 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
             if step % cfg.checkpoint_interval == 0 and step < cfg.steps:
                 checkpoint(step)
             t_last, step_last = time.perf_counter(), step
+    if val_bpb is None and not interrupted:  # resumed an already finished run
+        val_bpb = evaluate(model, corpus.val, cfg, d)
     checkpoint(step)
     log.close()
     sample = ""
