@@ -3,7 +3,8 @@
     hjseq analyze --toy [--size small|full] [--out out/analyze]      # the paper's reproductions
     hjseq analyze CHECKPOINT_DIR [--text "..."] [--out out/analyze]  # a trained HJLM
 
-On a checkpoint (a directory written by ``HJLM.save_pretrained``) it reports, on a prompt
+On a checkpoint (``HJLM.save_pretrained`` directory, ``hjseq train --out`` directory or
+``checkpoint.pt``, as ``hjseq generate`` loads them) it reports, on a prompt
 (``--text``, byte-level models) or seeded random tokens: per-head attention entropies and
 effective number of keys, per-LSE-unit attribution entropies and the curvature bound, the
 viscosities of every block, and the tropical (ε → 0) model's deviation from the original
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="HJLM checkpoint directory (config.json + model.safetensors)")
+    parser.add_argument("checkpoint", nargs="?",
+                        help="HJLM save_pretrained directory, `hjseq train --out` directory, or checkpoint.pt")
     parser.add_argument("--toy", action="store_true", help="run the LSE toy reproductions instead of a checkpoint")
     parser.add_argument("--size", choices=("small", "full"), default="small", help="toy problem sizes")
     parser.add_argument("--out", default="out/analyze", help="output directory (default: out/analyze)")
@@ -46,9 +48,9 @@ def main(args: argparse.Namespace) -> int:
         summary = report.run(out, R.FULL if args.size == "full" else R.SMALL, make_plots=not args.no_plots)
         print(json.dumps(summary, indent=1))
         return 0
-    from hjseq.models.lm import HJLM
+    from hjseq.models.generate import load_model
 
-    model = HJLM.from_pretrained(args.checkpoint).eval()
+    model = load_model(args.checkpoint).eval()
     ids = prompt_ids(model, args.text, args.batch, args.seq_len, args.seed)
     result = analyze_model(model, ids)
     out.mkdir(parents=True, exist_ok=True)

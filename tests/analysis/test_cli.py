@@ -30,6 +30,13 @@ def test_analyze_checkpoint(tmp_path):
     assert trop["report"]["lse_bound"] == pytest.approx(32 * 1.0 * torch.log(torch.tensor(3.0)).item())
     assert 0 <= trop["next_token_agreement"] <= 1 and trop["max_abs_logit_change"] > 0
     assert (out / "attention_entropy.png").stat().st_size > 0
+    # a `hjseq train --out` directory holds the model under model/: same analysis
+    (tmp_path / "run").mkdir()
+    (tmp_path / "ckpt").rename(tmp_path / "run" / "model")
+    out2 = tmp_path / "out2"
+    assert main(["analyze", str(tmp_path / "run"), "--out", str(out2), "--seq-len", "12", "--batch", "2",
+                 "--no-plots"]) == 0
+    assert json.loads((out2 / "analysis.json").read_text()) == res
 
 
 def test_analyze_needs_exactly_one_source(tmp_path):
