@@ -11,7 +11,6 @@ OP = "causal_conv1d"
 register(OP, "ref", "hjseq.ops.causal_conv1d.ref", devices=("cpu", "cuda"))
 register(OP, "cpu", "hjseq.ops.causal_conv1d.cpu", devices=("cpu",))
 register(OP, "triton", "hjseq.ops.causal_conv1d.triton", devices=("cuda", "cpu"))
-register(OP, "cuda", "hjseq.ops.causal_conv1d.cuda", devices=("cuda",))
 register(OP, "mamba", "hjseq.ops.causal_conv1d.mamba", devices=("cuda",))
 
 ACTIVATIONS = (None, "silu", "swish")

@@ -36,8 +36,11 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     hist = (initial_state.to(acc) if initial_state is not None
             else x.new_zeros(batch, dim, W - 1, dtype=acc))
     xt = torch.cat([hist, x.to(acc)], dim=-1)  # (B, D, W-1+L)
-    y = F.conv1d(xt, weight.to(acc).unsqueeze(1),
-                 None if bias is None else bias.to(acc), groups=dim)
+    if L == 0:  # nothing to convolve; the history passes through unchanged
+        y = xt.new_zeros(batch, dim, 0)
+    else:
+        y = F.conv1d(xt, weight.to(acc).unsqueeze(1),
+                     None if bias is None else bias.to(acc), groups=dim)
     if activation in ("silu", "swish"):
         y = F.silu(y)
     elif activation is not None:

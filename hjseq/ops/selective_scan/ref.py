@@ -31,13 +31,26 @@ def discretize(delta: Tensor, A: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
     if scheme == "euler_b":
         Bscale = delta.unsqueeze(-1).expand_as(dA)
     elif scheme == "zoh":
-        # expm1(ΔA)/A, with its limit Δ where A == 0
-        A_ = A[:, None, :]  # (D, 1, N) against (B, D, L, N)
-        safe_A = torch.where(A_ == 0, torch.ones_like(A_), A_)
-        Bscale = torch.where(A_ == 0, delta.unsqueeze(-1).expand_as(dA), torch.expm1(dA) / safe_A)
+        # B̄/B = (exp(ΔA) − 1)/A = Δ·φ₁(ΔA), φ₁(x) = expm1(x)/x, smooth through A = 0
+        # (a Taylor branch near 0 keeps the value and its derivative, Δ²/2, exact there).
+        Bscale = delta.unsqueeze(-1) * phi1(dA)
     else:
         raise ValueError(f"scheme must be 'euler_b' or 'zoh', got {scheme!r}")
     return Abar, Bscale
+
+
+def phi1(x: Tensor) -> Tensor:
+    """``φ₁(x) = (eˣ − 1)/x`` with ``φ₁(0) = 1``, accurate with its derivative everywhere.
+
+    Autograd through ``expm1(x)/x`` cancels catastrophically as x → 0 (its derivative is a
+    difference of terms of size 1/x and 1/x²), so |x| < 0.5 uses the Taylor series
+    ``Σ_k x^k/(k+1)!`` (16 terms: truncation < 1e-19) in Horner form."""
+    small = x.abs() < 0.5
+    safe = torch.where(small, torch.ones_like(x), x)
+    taylor = torch.ones_like(x)
+    for k in range(16, 0, -1):  # 1 + x/2 (1 + x/3 (1 + ... (1 + x/17)))
+        taylor = 1 + x / (k + 1) * taylor
+    return torch.where(small, taylor, torch.expm1(safe) / safe)
 
 
 def _expand_groups(X: Tensor, dim: int) -> Tensor:
