@@ -19,7 +19,8 @@ from pathlib import Path
 from hjseq.models import HJLM, load_config
 from hjseq.models.train import train
 
-# kind -> block list (one "layer"); attention gets an LSE MLP for its nonlinearity
+# kind -> block list (one "layer"); attention gets an LSE MLP for its nonlinearity. HJAttention
+# carries no positional encoding (NoPE), which handicaps the pure attention stack here.
 FAMILIES: dict[str, list[dict]] = {
     "mamba": [{"kind": "mamba", "d_state": 16}],
     "attention": [{"kind": "attention", "n_heads": 4}, {"kind": "lse", "n_atoms": 4}],
