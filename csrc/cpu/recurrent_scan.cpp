@@ -1,8 +1,9 @@
 // recurrent_scan on the CPU: HJRNN / HJGRU / HJLSTM (explicit Euler, step dt) as one fused
 // time loop. See hjseq/ops/recurrent_scan/ref.py for the update rules.
 //
-// Forward: one GEMM for all input projections GI = X W_ih^T + b_ih (time-major (L, B, G*H)),
-// then per step one BLAS GEMM GH = h W_hh^T + b_hh and a fused pointwise cell that writes
+// Forward: one GEMM for all input projections GI = X W_ih^T + b_ih + b_hh ((B, L, G*H);
+// GRU's b_hn stays in the cell, inside r ⊙ (W_hn h + b_hn)), then per step one
+// BLAS GEMM GH = h W_hh^T and a fused pointwise cell that writes
 // h (and c), the output, and the few activations the backward needs (time-major):
 //   rnn_tanh: S1 = a = tanh(gi + gh)                              (L, B, H)
 //   gru:      S1 = [r, s, n, gh_n]                                 (L, B, 4H)
@@ -30,12 +31,12 @@ int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 32768 / std::max<int6
 
 template <typename T>
 void fwd_step(int64_t cell, int64_t t, int64_t B, int64_t L, int64_t H, T dt, const T* gi,
-              const T* gh, const T* hp, const T* cp, const T* noise, T* hn, T* cn, T* out,
-              T* s1, T* s2) {
+              const T* gh, const T* bhn, const T* hp, const T* cp, const T* noise, T* hn, T* cn,
+              T* out, T* s1, T* s2) {
   const int64_t G = gates_of(cell), GH = G * H;
   at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const T* gib = gi + (t * B + b) * GH;
+      const T* gib = gi + (b * L + t) * GH;
       const T* ghb = gh + b * GH;
       const T* hpb = hp + b * H;
       const T* nz = noise ? noise + (b * L + t) * H : nullptr;
@@ -58,7 +59,7 @@ void fwd_step(int64_t cell, int64_t t, int64_t B, int64_t L, int64_t H, T dt, co
         for (int64_t j = 0; j < H; ++j) {
           const T r = hjseq::sigmoid_(gib[j] + ghb[j]);
           const T s = hjseq::sigmoid_(gib[H + j] + ghb[H + j]);
-          const T ghn = ghb[2 * H + j];
+          const T ghn = ghb[2 * H + j] + (bhn ? bhn[j] : T(0));
           const T n = hjseq::tanh_(gib[2 * H + j] + r * ghn);
           T h = hpb[j] + dt * (T(1) - s) * (n - hpb[j]);
           if (nz) h += nz[j];
@@ -114,9 +115,20 @@ std::vector<at::Tensor> forward(int64_t cell, const at::Tensor& x_, const at::Te
   TORCH_CHECK(w_ih.size(0) == GH && w_hh.size(0) == GH, "recurrent_scan: weight shapes");
   const auto opt = x.options();
   // input projections for all steps at once, time-major
-  const at::Tensor x_tm = x.transpose(0, 1).reshape({L * B, I});
-  at::Tensor gi = b_ih.has_value() ? at::addmm(*b_ih, x_tm, w_ih.t()) : at::mm(x_tm, w_ih.t());
-  gi = gi.contiguous();
+  // b_hh is folded into the input projections (gh = h W_hh^T needs no bias copy per step),
+  // except GRU's b_hn, which r multiplies: it is added in the cell.
+  at::Tensor bias, b_hn;
+  if (b_hh.has_value()) {
+    if (cell == kGRU) {
+      bias = at::cat({b_hh->narrow(0, 0, 2 * H), at::zeros({H}, opt)});
+      b_hn = b_hh->narrow(0, 2 * H, H).contiguous();
+    } else {
+      bias = *b_hh;
+    }
+  }
+  if (b_ih.has_value()) bias = bias.defined() ? bias + *b_ih : *b_ih;
+  const at::Tensor x2 = x.view({B * L, I});  // batch-major GI (B, L, G*H): no transpose copy
+  const at::Tensor gi = bias.defined() ? at::addmm(bias, x2, w_ih.t()) : at::mm(x2, w_ih.t());
   at::Tensor out = at::empty({B, L, H}, opt);
   at::Tensor s1 = at::empty({L, B, cell == kRNN ? H : 4 * H}, opt);
   at::Tensor s2 = at::empty({cell == kLSTM ? L : 0, B, H}, opt);
@@ -132,10 +144,11 @@ std::vector<at::Tensor> forward(int64_t cell, const at::Tensor& x_, const at::Te
   const at::Tensor w_hh_t = w_hh.t();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "recurrent_scan_forward", [&] {
     for (int64_t t = 0; t < L; ++t) {
-      if (b_hh.has_value()) at::addmm_out(gh, *b_hh, h, w_hh_t);
-      else at::mm_out(gh, h, w_hh_t);
+      at::mm_out(gh, h, w_hh_t);
       fwd_step<scalar_t>(cell, t, B, L, H, static_cast<scalar_t>(dt), gi.data_ptr<scalar_t>(),
-                         gh.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                         gh.data_ptr<scalar_t>(),
+                         b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr,
+                         h.data_ptr<scalar_t>(),
                          c.defined() ? c.data_ptr<scalar_t>() : nullptr,
                          noise.defined() ? noise.data_ptr<scalar_t>() : nullptr,
                          h_next.data_ptr<scalar_t>(),
