@@ -99,3 +99,18 @@ def test_bad_ids_are_rejected():
         model(torch.tensor([1, 2]))
     with pytest.raises(TypeError, match="integer"):
         model(torch.zeros(1, 2))
+
+
+def test_every_documented_option_builds():
+    """Each option the config schema accepts is one the block's constructor takes."""
+    model = HJLM({"d_model": 16, "blocks": [
+        {"kind": "lstm", "bias": False, "dt": 0.5, "eps": 0.1, "backend": "ref", "hidden_size": 8},
+        {"kind": "gru", "dt": 0.9}, {"kind": "rnn", "eps": 0.0},
+        {"kind": "mamba", "d_state": 4, "d_conv": 3, "expand": 1.5, "dt_rank": 2, "scheme": "zoh",
+         "conv_bias": False, "bias": True, "dt_min": 0.01, "dt_max": 0.2, "backend": "ref"},
+        {"kind": "attention", "n_heads": 2, "eps": 1.0, "bias": False},
+        {"kind": "lse", "n_units": 8, "n_atoms": 2, "eps": 0.0}]})
+    assert model.layers[0].mixer.cell.hidden_size == 8
+    assert model.layers[3].mixer.d_inner == 24 and model.layers[3].mixer.scheme == "zoh"
+    assert model.layers[4].mixer.eps == 1.0 and model.layers[5].mixer.eps == 0.0
+    assert model(torch.randint(0, 256, (1, 5))).shape == (1, 5, 256)
