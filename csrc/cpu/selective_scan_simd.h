@@ -19,7 +19,8 @@
 
 namespace hjseq {
 
-#if defined(__GNUC__) || defined(__clang__)
+// HJ_FORCE_SCALAR (a -D flag) selects the one-lane path on any compiler, to test it.
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(HJ_FORCE_SCALAR)
 #if defined(__AVX512F__)
 #define HJ_VBYTES 64
 #elif defined(__AVX2__) || defined(__AVX__)
