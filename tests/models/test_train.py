@@ -14,7 +14,7 @@ from hjseq.cli import main as cli_main
 from hjseq.models import data as D
 from hjseq.models.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from hjseq.models.config import TrainConfig
-from hjseq.models.train import INTERRUPTED, lr_factor, train
+from hjseq.models.train import lr_factor, train
 
 REPO = Path(__file__).resolve().parents[2]
 
