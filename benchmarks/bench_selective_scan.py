@@ -70,6 +70,8 @@ def make_inputs(batch: int, dim: int, L: int, N: int, requires_grad: bool = Fals
 
 
 def _fwd_bwd(fn, inputs):
+    for v in inputs.values():
+        v.grad = None  # as zero_grad(set_to_none=True): time the op, not grad accumulation
     out = fn(**inputs, delta_softplus=True)
     out.backward(torch.ones_like(out))
 

@@ -265,11 +265,12 @@ void forward_kernel(const Problem<acc_t>& P, const in_t* u, const in_t* delta, c
   const int64_t nblocks = P.Bsz * P.G * P.nblk;
   const Segments& S = *P.seg;
 
+  // dynamic: on a shared machine a thread that is descheduled must not hold up the other
 #pragma omp parallel
   {
     std::vector<acc_t> ut(T * W), dtt(T * W), zt(z ? T * W : 0), ot(T * W);
     std::vector<V> h(N), Av(N);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < nblocks; ++i) {
       const Block<acc_t> k = block_of(P, i);
       const int64_t row = k.b * D + k.d0;  // first (b, d) row of the block
@@ -367,6 +368,8 @@ void backward_kernel(const Problem<acc_t>& P, const in_t* u, const in_t* delta, 
   std::vector<acc_t> dA_part(size_t(nthreads) * N * D, acc_t(0));
   std::vector<acc_t> dD_part(size_t(nthreads) * D, acc_t(0));
   std::vector<acc_t> dbias_part(size_t(nthreads) * D, acc_t(0));
+  const int64_t grab = std::max<int64_t>(
+      1, std::min<int64_t>(P.nblk, nblocks / (int64_t(8) * nthreads)));
 
 #pragma omp parallel num_threads(nthreads)
   {
@@ -409,7 +412,9 @@ void backward_kernel(const Problem<acc_t>& P, const in_t* u, const in_t* delta, 
         cur_bg = -1;
       };
 
-#pragma omp for schedule(static)
+      // dynamic, in grabs of consecutive blocks that rarely straddle a (batch, group): a
+      // thread flushes its dB/dC partials only when the group changes
+#pragma omp for schedule(dynamic, grab)
       for (int64_t i = 0; i < nblocks; ++i) {
         const Block<acc_t> k = block_of(P, i);
         const int64_t bg = k.b * P.G + k.g;
