@@ -6,20 +6,38 @@ cells) against torch.nn.LSTM / GRU / RNN, forward and forward+backward.
 At Δ = 1 the op is exactly torch's layer ("auto" may dispatch to torch's fused kernels:
 the row names the backend that ran); at Δ ≠ 1 it runs hjseq's C++ time loop. Targets
 (B=16, L=512, I=H=256, fp32): Δ = 1 within 1.2x of torch, Δ ≠ 1 within 2x. Column
-``x torch`` is time / torch's time (lower is better); state updates/s counts B·L·H.
+``x torch`` is time / torch's time (lower is better); state updates/s counts B·L·H. The
+candidates are timed round-robin (median of ``--repeats``) so machine load hits all alike.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from typing import Callable
 
 import torch
 
-from hjseq.bench.harness import Record, dump_json, measure, table
+from hjseq.bench.harness import Record, dump_json, table
 from hjseq.ops._registry import available, resolve
 from hjseq.ops.recurrent_scan import recurrent_scan
 
 OP = "recurrent_scan"
 MODULES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN}
+
+
+def interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Per-call wall times (ms), the candidates run round-robin (one warm-up each) so that
+    load from other processes on a shared machine hits them all alike."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm,gru,rnn_tanh")
     p.add_argument("--dt", type=float, default=0.5, help="the Δ != 1 step to time")
     p.add_argument("--with-ref", action="store_true", help="also time the Python reference")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     B, L, I, H = (4, 64, 64, 64) if args.quick else (16, 512, 256, 256)
     reps = 3 if args.quick else args.repeats
     print(f"recurrent_scan backends: { {k: v or 'ok' for k, v in available(OP, 'cpu').items()} }")
@@ -42,24 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         params = (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
         shape = f"{cell} B={B} L={L} I={I} H={H}"
         n = B * L * H
-        runs: list[tuple[str, float, str]] = [("auto", 1.0, ""), ("cpu", 1.0, ""),
-                                              ("auto", args.dt, ""), ("cpu", args.dt, "")]
+        runs: list[tuple[str, float]] = [("auto", 1.0), ("cpu", 1.0), ("cpu", args.dt)]
         if args.with_ref:
-            runs.append(("ref", args.dt, ""))
+            runs.append(("ref", args.dt))
         for mode in ("fwd", "fwd+bwd"):
             xg = x.clone().requires_grad_(mode == "fwd+bwd")
+            grad = mode == "fwd+bwd"
 
             def torch_call() -> None:
-                with torch.set_grad_enabled(mode == "fwd+bwd"):
+                with torch.set_grad_enabled(grad):
                     y = m(xg)[0]
-                    if mode == "fwd+bwd":
+                    if grad:
                         y.backward(torch.ones_like(y))
 
-            base = measure(f"{cell} {mode}", shape, "float32", f"torch.nn.{m.__class__.__name__}",
-                           torch_call, repeats=reps)
-            base.extra["dt"] = 1.0
-            recs.append(base)
-            for backend, dt, _ in runs:
+            fns: dict[str, Callable[[], None]] = {"torch": torch_call}
+            meta: dict[str, tuple[str, str, float]] = {"torch": (
+                f"torch.nn.{m.__class__.__name__}", "", 1.0)}
+            for backend, dt in runs:
                 kw = dict(cell=cell, x=xg, weight_ih=params[0], weight_hh=params[1],
                           bias_ih=params[2], bias_hh=params[3], h0=None, dt=dt)
                 try:
@@ -69,21 +89,29 @@ def main(argv: list[str] | None = None) -> int:
                     continue
 
                 def call(kw=kw, ran=ran) -> None:
-                    with torch.set_grad_enabled(mode == "fwd+bwd"):
+                    with torch.set_grad_enabled(grad):
                         y = recurrent_scan(**kw, backend=ran)[0]
-                        if mode == "fwd+bwd":
+                        if grad:
                             y.backward(torch.ones_like(y))
 
-                r = measure(f"{cell} {mode}", shape, "float32", ran, call,
-                            repeats=1 if backend == "ref" else reps)
+                key = f"{backend}@{dt}"
+                fns[key] = call
+                meta[key] = (ran, backend, dt)
+            times = interleaved(fns, reps)
+            base_ms = statistics.median(times["torch"])
+            for key, ts in times.items():
+                ran, asked, dt = meta[key]
+                r = Record(f"{cell} {mode}", shape, "float32", ran, statistics.median(ts), len(ts))
+                r.extra["asked"] = asked or "-"
                 r.extra["dt"] = dt
-                r.extra["x torch"] = r.median_ms / base.median_ms
+                if key != "torch":
+                    r.extra["x torch"] = r.median_ms / base_ms
                 r.extra["Mupdates/s"] = n / (r.median_ms * 1e-3) / 1e6
                 recs.append(r)
-            base.extra["Mupdates/s"] = n / (base.median_ms * 1e-3) / 1e6
     print(table(recs))
     if args.json:
-        dump_json(recs, args.json, bench="recurrent", shape=[B, L, I, H])
+        dump_json(recs, args.json, bench="recurrent", shape=[B, L, I, H],
+                  threads=torch.get_num_threads())
     return 0
 
 
