@@ -161,6 +161,12 @@ def test_hard_mode_long_slow_decay(scheme):
     # the state integrates ~16 steps' worth of input per unit decay: compare relative to scale
     assert_close(out, r_out.float(), 1e-3, 1e-3 * float(r_out.abs().max()), "out")
     assert_close(last, r_last.float(), 1e-3, 1e-3 * float(r_last.abs().max()), "final state")
+    # and no worse than fp32 itself allows: the fp32 reference's own error against float64
+    with torch.no_grad():
+        o32, h32 = selective_scan_ref(**args, return_final_state=True, **flags)
+    rel = lambda a, b: float((a.double() - b).abs().max() / b.abs().max())  # noqa: E731
+    assert rel(out, r_out) <= 1.5 * rel(o32, r_out) + 1e-6
+    assert rel(last, r_last) <= 1.5 * rel(h32, r_last) + 1e-6
     _, _, g64 = run_with_grads(ss_cpu.selective_scan_cpu, f64, **flags)
     for k, v in grads.items():
         ref = g64[k].to(v.dtype)
