@@ -216,6 +216,21 @@ def test_dispatch_auto_picks_cpu_and_matches():
 
 
 @needs_cpu
+def test_grads_without_final_state_output():
+    """return_final_state=False: the final-state cotangent is absent (None) in backward."""
+    args = make_inputs(batch=1, dim=12, L=70, N=4, groups=2, dtype=torch.float64)
+    grads = []
+    for fn in (ss_cpu.selective_scan_cpu, selective_scan_ref):
+        leaves = _leaves(args)
+        y = fn(**leaves, delta_softplus=True, scheme="zoh")
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).sum().backward()
+        grads.append({k: v.grad for k, v in leaves.items() if v is not None})
+    for k, g in grads[1].items():
+        torch.testing.assert_close(grads[0][k], g, rtol=1e-9, atol=1e-9,
+                                   msg=lambda m: f"grad {k}: {m}")
+
+
+@needs_cpu
 def test_nan_in_activations_propagates():
     """The polynomial exp clamps its argument range but must not swallow NaN."""
     args = make_inputs(batch=1, dim=4, L=10, N=3, dtype=torch.float32)
