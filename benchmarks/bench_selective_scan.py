@@ -132,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes, a smoke run")
     p.add_argument("--json", metavar="PATH", help="write the records as JSON")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (also the kernel's OpenMP team); default: torch's")
     p.add_argument("--_peak_child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._peak_child:
         b, d, l, n = map(int, args._peak_child[:4])
         peak_memory_child(b, d, l, n, args._peak_child[4])
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     # on free, so RSS growth is the live size of the backward's large allocations.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     child = subprocess.run(
-        [sys.executable, __file__, "--_peak_child", str(batch), str(dim), str(L), str(N), backend],
+        [sys.executable, __file__, "--_peak_child", str(batch), str(dim), str(L), str(N), backend,
+         *(["--threads", str(args.threads)] if args.threads else [])],
         capture_output=True, text=True, check=True, env=env)
     mem = json.loads(child.stdout.strip().splitlines()[-1])
     r_fb.extra["bwd peak MB"] = mem["bwd_peak_bytes"] / 2**20
