@@ -1,12 +1,14 @@
 """Call an op through the registry in a way ``torch.compile(fullgraph=True)`` can trace.
 
 ``resolve`` imports backend modules (``importlib``), which dynamo refuses to trace. Eagerly,
-``dispatch`` simply calls ``resolve``. While compiling, the choice of backend is made once at
-trace time by ``_resolve_name`` (``assume_constant_result``: run eagerly, result baked into
-the graph) from the call's features: None, bools and strings as they are, numbers as the string
-``SYMBOLIC`` (dynamo may trace them symbolically), tensors as size-1 meta tensors of the
-same dtype and rank (present or None is what the shipped ``supports()`` functions use). The backend callable itself is
-then traced (custom ops appear as single graph nodes).
+``dispatch`` simply calls ``resolve``. While compiling, the backend is chosen once at trace
+time by ``_resolve_name`` (``assume_constant_result``: run eagerly, the name baked into the
+graph) from the call's features: None, bools and strings as they are; numbers as the string
+``SYMBOLIC`` (dynamo may trace them symbolically); tensors as size-1 meta tensors of the
+same dtype and rank (presence is what the shipped ``supports()`` functions look at). So
+under compile, recurrent_scan's "native" backend declines (dt unknown) and "cpu" runs,
+which is exact for every dt. The chosen backend callable itself is then traced (the C++
+backends are custom ops: single graph nodes with fake kernels and autograd).
 """
 from __future__ import annotations
 
