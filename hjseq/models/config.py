@@ -129,6 +129,7 @@ class TrainConfig:
     val_fraction: float = 0.05    # share of files held out for validation
     data: str | None = None       # file or directory; None = the Python standard library
     sample_chars: int = 300       # length of the sample printed at the end
+    threads: int = 0              # torch intra-op CPU threads; 0 = torch's default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +152,8 @@ class TrainConfig:
                     "eval_batches", "log_interval", "checkpoint_interval"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(source, f"{prefix}.{key}", f"must be >= 1, got {getattr(cfg, key)}")
+        if cfg.threads < 0:
+            raise ConfigError(source, f"{prefix}.threads", f"must be >= 0, got {cfg.threads}")
         if not 0 < cfg.val_fraction < 1:
             raise ConfigError(source, f"{prefix}.val_fraction", "must be in (0, 1)")
         if cfg.lr <= 0:

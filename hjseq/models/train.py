@@ -276,6 +276,8 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
     """
     cfg = run.train
     out = Path(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     d = setup_distributed(device)
     ckpt = None
     if resume:
@@ -439,14 +441,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from OUT/checkpoint.pt (or the given checkpoint file)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's); "
-                   "1 is often fastest on a machine shared with other jobs")
+    p.add_argument("--threads", type=int, help="override [train].threads: torch intra-op CPU "
+                   "threads (0 = torch's default; 1 is often fastest on a busy machine)")
 
 
 def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
     t = run.train.to_dict()
     for key, val in (("data", args.data), ("steps", args.max_steps), ("seed", args.seed),
-                     ("batch_size", args.batch_size)):
+                     ("batch_size", args.batch_size), ("threads", args.threads)):
         if val is not None:
             t[key] = val
     if args.bf16:
@@ -455,11 +457,6 @@ def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
     if args.config is None and not args.resume:
         print("hjseq train: give a CONFIG (e.g. examples/configs/small.toml) or --resume",
               file=sys.stderr)
