@@ -76,7 +76,8 @@ def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None
         cflags = list(DEFAULT_CFLAGS if extra_cflags is None else extra_cflags)
         ldflags = list(DEFAULT_LDFLAGS if extra_ldflags is None else extra_ldflags)
         h = hashlib.sha256()
-        for p in sorted(paths) + sorted(root.rglob("*.h")):
+        headers = sorted({h for p in paths for h in p.parent.glob("*.h")})  # beside the sources
+        for p in sorted(paths) + headers:
             h.update(p.read_bytes())
         h.update(repr((cflags, ldflags, extra_cuda_cflags, torch.__version__,
                        _cpu_signature())).encode())
