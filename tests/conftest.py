@@ -1,7 +1,14 @@
 import os
 
-import pytest
+# Without a CUDA device, Triton kernels run under its CPU interpreter. @triton.jit reads
+# TRITON_INTERPRET when a kernel is decorated, so it must be set before any test module
+# (of any directory) imports a kernel: here, in the root conftest, which loads first.
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 # Seeded randomness everywhere; hypothesis runs derandomized in CI for reproducibility.
 try:
