@@ -14,7 +14,10 @@
 //   hjseq::grain(work_per_item)          at::parallel_for grain size for ~16k flops/chunk.
 #pragma once
 
-#include <torch/extension.h>
+// ATen + torch's pybind glue only (not <torch/extension.h>, which pulls in the whole C++
+// frontend): halves each extension's compile time. The .cpp files bind with PYBIND11_MODULE.
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
