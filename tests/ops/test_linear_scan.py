@@ -50,13 +50,15 @@ def test_matches_ref(backend, dtype, with_h0):
 @pytest.mark.parametrize("backend", ["ref", *CPU_BACKENDS])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_varlen_equals_separate_sequences(backend, with_h0):
-    cu = torch.tensor([0, 5, 6, 70, 100], dtype=torch.int32)  # includes a length-1 sequence
-    a, b, h0 = _inputs(1, 9, 100, torch.float64, with_h0, S=4)
+    # includes an empty and a length-1 sequence
+    cu = torch.tensor([0, 5, 5, 6, 70, 100], dtype=torch.int32)
+    S = cu.numel() - 1
+    a, b, h0 = _inputs(1, 9, 100, torch.float64, with_h0, S=S)
     ins = [t for t in (a, b, h0) if t is not None]
     h, hT = linear_scan(a, b, h0, True, cu_seqlens=cu, backend=backend)
     packed = [h, hT, *grads_of([h, hT], ins)]
     hs, finals = [], []
-    for s in range(4):
+    for s in range(S):
         lo, hi = int(cu[s]), int(cu[s + 1])
         hs_, f_ = linear_scan(a[..., lo:hi], b[..., lo:hi],
                               None if h0 is None else h0[s:s + 1], True, backend=backend)
