@@ -6,8 +6,9 @@ from __future__ import annotations
 from ._registry import BackendUnavailable, available, resolve
 from .causal_conv1d import causal_conv1d
 from .linear_scan import linear_scan
+from .recurrent_scan import recurrent_scan
 from .selective_scan import selective_scan
 from .selective_state_update import selective_state_update
 
-__all__ = ["selective_scan", "selective_state_update", "linear_scan", "causal_conv1d", "available", "resolve",
+__all__ = ["selective_scan", "selective_state_update", "linear_scan", "causal_conv1d", "recurrent_scan", "available", "resolve",
            "BackendUnavailable"]
