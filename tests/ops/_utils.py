@@ -50,3 +50,23 @@ def grads_of(outputs: list[Tensor | None], inputs: list[Tensor], seed: int = 123
             g = torch.randn(o.shape, generator=gen, dtype=torch.float64)
             loss = loss + (o.double() * g).sum()
     return list(torch.autograd.grad(loss, inputs))
+
+
+def force_build_failure(monkeypatch, tmp_path, op: str) -> None:
+    """Make the next build of ``op``'s C++ extension really fail (its source replaced by an
+    ``#error``) and forget any cached build or backend, so the fallback path runs for real."""
+    import importlib
+
+    from hjseq.ops import _build as build
+    from hjseq.ops._registry import Backend, backends
+
+    cpu_mod = importlib.import_module(f"hjseq.ops.{op}.cpu")
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / f"{op}.cpp").write_text("#error forced build failure for a test\n")
+    monkeypatch.setattr(build, "csrc_dir", lambda: tmp_path)
+    monkeypatch.setattr(build, "_CACHE", {})
+    monkeypatch.setattr(build, "_FAILED", {})
+    monkeypatch.setenv("HJSEQ_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.delenv("HJSEQ_NO_BUILD", raising=False)
+    monkeypatch.setattr(cpu_mod, "_EXT", None)
+    monkeypatch.setitem(backends(op), "cpu", Backend(op, "cpu", f"hjseq.ops.{op}.cpu", ("cpu",)))

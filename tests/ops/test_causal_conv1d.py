@@ -3,15 +3,14 @@ dbias, dinitial_state, per dtype and activation), varlen == separate sequences, 
 fallback, validation, torch.compile."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
-from _utils import GRAD_RTOL, RTOL, assert_close, grads_of
+from _utils import GRAD_RTOL, RTOL, assert_close, force_build_failure, grads_of
 
 import hjseq.ops._build as build
 from hjseq.ops import BackendUnavailable
-from hjseq.ops._registry import Backend, available, backends
+from hjseq.ops._registry import available
 from hjseq.ops.causal_conv1d import causal_conv1d
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -80,17 +79,7 @@ def test_varlen_equals_separate_sequences(backend):
 
 
 def test_build_failure_falls_back_to_ref_with_warning(tmp_path, monkeypatch):
-    cpu_mod = importlib.import_module("hjseq.ops.causal_conv1d.cpu")
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "causal_conv1d.cpp").write_text("#error forced build failure\n")
-    monkeypatch.setattr(build, "csrc_dir", lambda: tmp_path)
-    monkeypatch.setattr(build, "_CACHE", {})
-    monkeypatch.setattr(build, "_FAILED", {})
-    monkeypatch.setenv("HJSEQ_BUILD_DIR", str(tmp_path / "build"))
-    monkeypatch.delenv("HJSEQ_NO_BUILD", raising=False)
-    monkeypatch.setattr(cpu_mod, "_EXT", None)
-    monkeypatch.setitem(backends("causal_conv1d"), "cpu",
-                        Backend("causal_conv1d", "cpu", "hjseq.ops.causal_conv1d.cpu", ("cpu",)))
+    force_build_failure(monkeypatch, tmp_path, "causal_conv1d")
     x, w, bias, _ = _inputs(2, 3, 10, 4, torch.float32, True, False)
     with pytest.warns(build.ExtensionBuildWarning, match="hjseq_causal_conv1d"):
         y = causal_conv1d(x, w, bias, "silu")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib
 import pytest
 import torch
-from _utils import GRAD_RTOL, RTOL, assert_close, grads_of
+from _utils import GRAD_RTOL, RTOL, assert_close, force_build_failure, grads_of
 
 import hjseq.ops._build as build
 from hjseq.ops import BackendUnavailable
-from hjseq.ops._registry import Backend, available, backends
+from hjseq.ops._registry import available
 from hjseq.ops.linear_scan import linear_scan
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -100,18 +100,7 @@ def test_nan_fill_is_active():
 
 
 def test_build_failure_falls_back_to_ref_with_warning(tmp_path, monkeypatch):
-    cpu_mod = importlib.import_module("hjseq.ops.linear_scan.cpu")
-
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "linear_scan.cpp").write_text("#error forced build failure for a test\n")
-    monkeypatch.setattr(build, "csrc_dir", lambda: tmp_path)
-    monkeypatch.setattr(build, "_CACHE", {})
-    monkeypatch.setattr(build, "_FAILED", {})
-    monkeypatch.setenv("HJSEQ_BUILD_DIR", str(tmp_path / "build"))
-    monkeypatch.delenv("HJSEQ_NO_BUILD", raising=False)
-    monkeypatch.setattr(cpu_mod, "_EXT", None)
-    monkeypatch.setitem(backends("linear_scan"), "cpu",
-                        Backend("linear_scan", "cpu", "hjseq.ops.linear_scan.cpu", ("cpu",)))
+    force_build_failure(monkeypatch, tmp_path, "linear_scan")
     a, b, _ = _inputs(2, 3, 10, torch.float32, False)
     with pytest.warns(build.ExtensionBuildWarning, match="hjseq_linear_scan"):
         h = linear_scan(a, b)

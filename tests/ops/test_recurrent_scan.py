@@ -3,15 +3,14 @@ for rnn_tanh / gru / lstm at Δ ∈ {1, 0.3}, with and without biases and noise;
 torch.nn.RNN/GRU/LSTM at Δ = 1; build fallback; validation; torch.compile."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
-from _utils import GRAD_RTOL, RTOL, assert_close, grads_of
+from _utils import GRAD_RTOL, RTOL, assert_close, force_build_failure, grads_of
 
 import hjseq.ops._build as build
 from hjseq.ops import BackendUnavailable
-from hjseq.ops._registry import Backend, available, backends, resolve
+from hjseq.ops._registry import available, resolve
 from hjseq.ops.recurrent_scan import CELLS, recurrent_scan
 
 TORCH_MODULES = {"rnn_tanh": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
@@ -126,17 +125,7 @@ def test_zero_default_states_and_noise_placement():
 
 
 def test_build_failure_falls_back_to_ref_with_warning(tmp_path, monkeypatch):
-    cpu_mod = importlib.import_module("hjseq.ops.recurrent_scan.cpu")
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "recurrent_scan.cpp").write_text("#error forced build failure\n")
-    monkeypatch.setattr(build, "csrc_dir", lambda: tmp_path)
-    monkeypatch.setattr(build, "_CACHE", {})
-    monkeypatch.setattr(build, "_FAILED", {})
-    monkeypatch.setenv("HJSEQ_BUILD_DIR", str(tmp_path / "build"))
-    monkeypatch.delenv("HJSEQ_NO_BUILD", raising=False)
-    monkeypatch.setattr(cpu_mod, "_EXT", None)
-    monkeypatch.setitem(backends("recurrent_scan"), "cpu", Backend(
-        "recurrent_scan", "cpu", "hjseq.ops.recurrent_scan.cpu", ("cpu",)))
+    force_build_failure(monkeypatch, tmp_path, "recurrent_scan")
     kw = _inputs("gru", dtype=torch.float32)
     with pytest.warns(build.ExtensionBuildWarning, match="hjseq_recurrent_scan"):
         out = recurrent_scan("gru", **kw, dt=0.5)  # native declines dt != 1: cpu, then ref
