@@ -7,6 +7,10 @@ Standard layers: torch.nn.RNN/GRU/LSTM (copied with ``from_torch``), transformer
 ``MambaMixer`` (the reference PyTorch Mamba block; its state_dict loads into HJMamba),
 torch.nn.MultiheadAttention (weights copied into HJAttention at ε = √d_k), and for the LSE
 layer softplus (N = 2 atoms) and max (ε = 0, the tropical limit).
+
+The recurrent blocks run the engine's reference loop (``backend="loop"``: the Hamiltonian's
+velocity stepped by the spec's scheme). At Δ = 1, ``backend="auto"`` would dispatch to
+torch's own fused kernels, and the comparison would be torch against itself.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ def err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def recurrent(cls, torch_cls) -> tuple[str, str, float]:
     ref = torch_cls(I, H, batch_first=True).to(f64)
-    block = cls.from_torch(ref)
+    block = cls.from_torch(ref, backend="loop")
     x = torch.randn(B, L, I, dtype=f64)
     out, final = block(x, return_final_state=True)
     tout, hn = ref(x)
