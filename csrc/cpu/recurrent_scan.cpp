@@ -30,11 +30,12 @@ int64_t gates_of(int64_t cell) { return cell == kRNN ? 1 : (cell == kGRU ? 3 : 4
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)); }
 
 template <typename T>
-void fwd_step(int64_t cell, int64_t t, int64_t B, int64_t L, int64_t H, T dt, const T* gi,
-              const T* gh, const T* bhn, const T* hp, const T* cp, const T* noise, T* hn, T* cn,
-              T* out, T* s1, T* s2) {
+void fwd_step(int64_t cell, int64_t t, int64_t r0, int64_t r1, int64_t B, int64_t L, int64_t H,
+              T dt, const T* gi, const T* gh, const T* bhn, const T* hp, const T* cp,
+              const T* noise, T* hn, T* cn, T* out, T* s1, T* s2) {
+  // rows [r0, r1) of the batch; pointers index the whole (B, ·) buffers
   const int64_t G = gates_of(cell), GH = G * H;
-  at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(r0, r1, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* gib = gi + (b * L + t) * GH;
       const T* ghb = gh + b * GH;
@@ -142,23 +143,43 @@ std::vector<at::Tensor> forward(int64_t cell, const at::Tensor& x_, const at::Te
   if (noise_.has_value()) noise = noise_->contiguous();
   at::Tensor gh = at::empty({B, GH}, opt);
   const at::Tensor w_hh_t = w_hh.t();
+  // Batch rows are independent recurrences. With several threads and enough rows, each
+  // thread runs its own block of rows through all L steps (single-threaded GEMMs): one
+  // fork/join per call instead of one per step, which dominates for small per-step GEMMs.
+  // Otherwise one row block, and the per-step GEMM and cell parallelise internally.
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t block_rows = (nthreads > 1 && B >= nthreads) ? (B + nthreads - 1) / nthreads : B;
+  at::Tensor hbuf[2] = {h, h_next};
+  at::Tensor cbuf[2] = {c, c_next};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "recurrent_scan_forward", [&] {
-    for (int64_t t = 0; t < L; ++t) {
-      at::mm_out(gh, h, w_hh_t);
-      fwd_step<scalar_t>(cell, t, B, L, H, static_cast<scalar_t>(dt), gi.data_ptr<scalar_t>(),
-                         gh.data_ptr<scalar_t>(),
-                         b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr,
-                         h.data_ptr<scalar_t>(),
-                         c.defined() ? c.data_ptr<scalar_t>() : nullptr,
-                         noise.defined() ? noise.data_ptr<scalar_t>() : nullptr,
-                         h_next.data_ptr<scalar_t>(),
-                         c_next.defined() ? c_next.data_ptr<scalar_t>() : nullptr,
-                         out.data_ptr<scalar_t>(), s1.data_ptr<scalar_t>(),
-                         s2.numel() ? s2.data_ptr<scalar_t>() : nullptr);
-      std::swap(h, h_next);
-      if (cell == kLSTM) std::swap(c, c_next);
+    auto run_rows = [&](int64_t r0, int64_t r1) {
+      // worker threads do not inherit the caller's dispatch state: stay below autograd
+      at::AutoDispatchBelowAutograd below_autograd;
+      at::Tensor gh_rows = gh.narrow(0, r0, r1 - r0);
+      for (int64_t t = 0; t < L; ++t) {
+        const at::Tensor& hc = hbuf[t & 1];
+        const at::Tensor& hn = hbuf[(t + 1) & 1];
+        at::mm_out(gh_rows, hc.narrow(0, r0, r1 - r0), w_hh_t);
+        fwd_step<scalar_t>(cell, t, r0, r1, B, L, H, static_cast<scalar_t>(dt),
+                           gi.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(),
+                           b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr,
+                           hc.data_ptr<scalar_t>(),
+                           cell == kLSTM ? cbuf[t & 1].data_ptr<scalar_t>() : nullptr,
+                           noise.defined() ? noise.data_ptr<scalar_t>() : nullptr,
+                           hn.data_ptr<scalar_t>(),
+                           cell == kLSTM ? cbuf[(t + 1) & 1].data_ptr<scalar_t>() : nullptr,
+                           out.data_ptr<scalar_t>(), s1.data_ptr<scalar_t>(),
+                           s2.numel() ? s2.data_ptr<scalar_t>() : nullptr);
+      }
+    };
+    if (block_rows < B) {
+      at::parallel_for(0, B, block_rows, run_rows);
+    } else {
+      run_rows(0, B);
     }
   });
+  h = hbuf[L & 1];
+  if (cell == kLSTM) c = cbuf[L & 1];
   at::Tensor cT = cell == kLSTM ? c : at::empty({0}, opt);
   return {out, h, cT, s1, s2};
 }
