@@ -35,12 +35,10 @@ from ..hamiltonians import LinearSSM
 from ..ops import causal_conv1d, selective_scan
 from ..spec import HJSpec, SoftplusStep
 from .base import RecurrentBlock, State
+from hjseq.ops._dtypes import accumulation_dtype
 
 _OP_BACKENDS = ("auto", "ref", "cpu", "triton", "cuda", "mamba", "loop")
 
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class HJMamba(RecurrentBlock):
@@ -104,7 +102,7 @@ class HJMamba(RecurrentBlock):
         self.dt_proj.bias._no_reinit = True
         # S4D-real init A = −(1, 2, ..., N) per channel; A_log and D kept in fp32 as Mamba does
         # (float64 when the block is float64).
-        pdt = torch.float64 if dtype == torch.float64 else torch.float32
+        pdt = accumulation_dtype(dtype)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=pdt, device=device)
                                             ).repeat(D, 1))
         self.A_log._no_weight_decay = True
@@ -135,7 +133,7 @@ class HJMamba(RecurrentBlock):
 
     def state_dtypes(self, dtype: torch.dtype) -> tuple[torch.dtype, ...]:
         """conv_state in the input dtype; ssm_state in float32 (float64 for float64)."""
-        return dtype, _acc(dtype)
+        return dtype, accumulation_dtype(dtype)
 
     # ------------------------------------------------------------------ engine hooks
     def _op_backend(self) -> str:
@@ -145,7 +143,7 @@ class HJMamba(RecurrentBlock):
                 ) -> tuple[dict[str, Tensor], dict[str, Tensor], State]:
         """in_proj, causal conv + SiLU (advancing conv_state), x_proj, Δ's projection."""
         conv_state, ssm_state = state
-        acc = _acc(x.dtype)
+        acc = accumulation_dtype(x.dtype)
         xi, z = self.in_proj(x).chunk(2, dim=-1)                           # (B, L, D) each
         u, conv_state = causal_conv1d(
             xi.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu",

@@ -40,11 +40,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the kernels: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def tl_dtype(dtype: torch.dtype):
     """The ``tl`` dtype for an accumulation dtype (passed to kernels as a constexpr)."""
     return tl.float64 if dtype == torch.float64 else tl.float32

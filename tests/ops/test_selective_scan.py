@@ -273,7 +273,6 @@ def test_build_failure_falls_back_with_warning(monkeypatch):
     monkeypatch.setattr(_build, "_CACHE", {})
     monkeypatch.setattr(_build, "_FAILED", {})
     monkeypatch.delenv("HJSEQ_NO_BUILD", raising=False)
-    monkeypatch.setattr(ss_cpu, "_ext", None)
     for attr, val in (("_loaded", False), ("_fn", None), ("_error", None)):
         monkeypatch.setattr(b, attr, val)
     args = make_inputs(batch=1, dim=4, L=16, N=3, dtype=torch.float32)

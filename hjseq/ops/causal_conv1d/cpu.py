@@ -10,20 +10,14 @@ import torch
 from torch import Tensor
 
 from .._build import load_extension
+from hjseq.ops._dtypes import accumulation_dtype
 
-_EXT: ModuleType | None = None
 _ACTIVATIONS = {None: 0, "silu": 1, "swish": 1}
 
 
 def _ext() -> ModuleType:
-    global _EXT
-    if _EXT is None:
-        _EXT = load_extension("causal_conv1d", ["cpu/causal_conv1d.cpp"])
-    return _EXT
+    return load_extension("causal_conv1d", ["cpu/causal_conv1d.cpp"])  # built once, then cached by name
 
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("hjseq::causal_conv1d_fwd", mutates_args=(), device_types="cpu")
@@ -49,7 +43,7 @@ def _bwd(x: Tensor, weight: Tensor, bias: Tensor | None, h0: Tensor | None, cu: 
 @_bwd.register_fake
 def _(x, weight, bias, h0, cu, act, gy, gfin):
     S = cu.shape[0] - 1
-    acc = _acc(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     return (torch.empty_like(x), weight.new_empty(weight.shape, dtype=acc),
             weight.new_empty(weight.shape[0] if bias is not None else 0, dtype=acc),
             x.new_empty(S * x.shape[0], x.shape[1], weight.shape[1] - 1, dtype=acc))
@@ -78,7 +72,7 @@ def causal_conv1d_cpu(x: Tensor, weight: Tensor, bias: Tensor | None = None,
     if activation not in _ACTIVATIONS:
         raise ValueError(f"causal_conv1d: activation must be None, 'silu' or 'swish', "
                          f"got {activation!r}")
-    acc = _acc(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     L = x.shape[-1]
     cu = (torch.tensor([0, L], dtype=torch.int64) if cu_seqlens is None
           else cu_seqlens.to(torch.int64))

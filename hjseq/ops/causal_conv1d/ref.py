@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from hjseq.ops._dtypes import accumulation_dtype
 
 
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -30,7 +31,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None,
         y, f = torch.cat(ys, dim=-1), torch.cat(finals, dim=0)
         return (y, f) if return_final_state else y
     dtype_in = x.dtype
-    acc = torch.float64 if dtype_in == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype_in)
     batch, dim, L = x.shape
     W = weight.shape[-1]
     hist = (initial_state.to(acc) if initial_state is not None

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from .._triton_common import acc_dtype, tl, tl_dtype, triton, unavailable_reason
+from .._dtypes import accumulation_dtype
+from .._triton_common import tl, tl_dtype, triton, unavailable_reason
 from . import _validate  # the dispatcher's argument checks
 
 OP = "causal_conv1d"
@@ -196,7 +197,7 @@ class _Launch:
         self.block_w = triton.next_power_of_2(max(self.W - 1, 1))
         self.n_seq = self.batch if cu_seqlens is None else cu_seqlens.numel() - 1
         self.n_t = triton.cdiv(self.L, self.T) if self.L > 0 else 0
-        self.acc = acc_dtype(x.dtype)
+        self.acc = accumulation_dtype(x.dtype)
         self.varlen = cu_seqlens is not None
         self.seq = _seq_index(cu_seqlens, self.L) if self.varlen else None
         self.cu = cu_seqlens

@@ -9,19 +9,13 @@ import torch
 from torch import Tensor
 
 from .._build import load_extension
+from hjseq.ops._dtypes import accumulation_dtype
 
-_EXT: ModuleType | None = None
 
 
 def _ext() -> ModuleType:
-    global _EXT
-    if _EXT is None:
-        _EXT = load_extension("linear_scan", ["cpu/linear_scan.cpp"])
-    return _EXT
+    return load_extension("linear_scan", ["cpu/linear_scan.cpp"])  # built once, then cached by name
 
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("hjseq::linear_scan_fwd", mutates_args=(), device_types="cpu")
@@ -33,7 +27,8 @@ def _fwd(a: Tensor, b: Tensor, h0: Tensor | None, cu: Tensor) -> tuple[Tensor, T
 @_fwd.register_fake
 def _(a, b, h0, cu):
     S = cu.shape[0] - 1
-    return torch.empty_like(b), b.new_empty(S, b.shape[0] * b.shape[1], dtype=_acc(b.dtype))
+    return torch.empty_like(b), b.new_empty(S, b.shape[0] * b.shape[1],
+                                            dtype=accumulation_dtype(b.dtype))
 
 
 @torch.library.custom_op("hjseq::linear_scan_bwd", mutates_args=(), device_types="cpu")
@@ -74,7 +69,8 @@ def linear_scan_cpu(a: Tensor, b: Tensor, initial_state: Tensor | None = None,
     else:
         cu = cu_seqlens.to(torch.int64)
         S = cu.shape[0] - 1
-    h0 = None if initial_state is None else initial_state.to(_acc(b.dtype)).reshape(S, Bsz * D)
+    acc = accumulation_dtype(b.dtype)
+    h0 = None if initial_state is None else initial_state.to(acc).reshape(S, Bsz * D)
     h, hT = _fwd(a, b, h0, cu)
     if not return_final_state:
         return h

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from hjseq.ops._dtypes import accumulation_dtype
 
 
 def linear_scan_ref(a: Tensor, b: Tensor, initial_state: Tensor | None = None,
@@ -26,7 +27,7 @@ def linear_scan_ref(a: Tensor, b: Tensor, initial_state: Tensor | None = None,
             finals.append(f)
         h, f = torch.cat(hs, dim=-1), torch.cat(finals, dim=0)
         return (h, f) if return_final_state else h
-    acc = torch.float64 if b.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(b.dtype)
     a_, b_ = a.to(acc), b.to(acc)
     h = (initial_state.to(acc) if initial_state is not None
          else b_.new_zeros(b.shape[0], b.shape[1]))

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from .._triton_common import (acc_dtype, pick_tile, scan_combine, tile_offsets, tl, tl_dtype,
+from .._dtypes import accumulation_dtype
+from .._triton_common import (pick_tile, scan_combine, tile_offsets, tl, tl_dtype,
                               triton, unavailable_reason)
 from . import _validate  # the dispatcher's argument checks
 
@@ -127,7 +128,7 @@ class _LinearScanFn(torch.autograd.Function):
         batch, dim, L = b.shape
         block_d, T, warps = _config(L, dim, b.device)
         n_seq = batch if cu_seqlens is None else cu_seqlens.numel() - 1
-        acc = acc_dtype(b.dtype)
+        acc = accumulation_dtype(b.dtype)
         slots, n_slots = tile_offsets(cu_seqlens, batch, L, T, b.device)
         need_grad = any(ctx.needs_input_grad)
         out = torch.empty(b.shape, device=b.device, dtype=b.dtype)

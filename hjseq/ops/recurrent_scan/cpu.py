@@ -12,16 +12,13 @@ from torch import Tensor
 
 from .._build import load_extension
 from .ref import CELLS
+from hjseq.ops._dtypes import accumulation_dtype
 
-_EXT: ModuleType | None = None
 _CELL_CODE = {"rnn_tanh": 0, "gru": 1, "lstm": 2}
 
 
 def _ext() -> ModuleType:
-    global _EXT
-    if _EXT is None:
-        _EXT = load_extension("recurrent_scan", ["cpu/recurrent_scan.cpp"])
-    return _EXT
+    return load_extension("recurrent_scan", ["cpu/recurrent_scan.cpp"])  # built once, then cached by name
 
 
 @torch.library.custom_op("hjseq::recurrent_scan_fwd", mutates_args=(), device_types="cpu")
@@ -90,7 +87,7 @@ def recurrent_scan_cpu(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tenso
     if cell not in CELLS:
         raise ValueError(f"recurrent_scan: cell must be one of {list(CELLS)}, got {cell!r}")
     dtype = x.dtype
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype)
 
     def up(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(acc)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from hjseq.ops._dtypes import accumulation_dtype
 
 CELLS = {"rnn_tanh": 1, "gru": 3, "lstm": 4}
 
@@ -33,7 +34,7 @@ def recurrent_scan_ref(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tenso
                        noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Plain time loop of the update rules in the module docstring (the definition)."""
     dtype = x.dtype
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype)
     Bsz, L, _ = x.shape
     H = weight_hh.shape[1]
 

@@ -17,24 +17,19 @@ import torch
 from torch import Tensor
 
 from .._build import DEFAULT_CFLAGS, load_extension
+from hjseq.ops._dtypes import accumulation_dtype
 
 #: time steps per checkpoint chunk (backward memory ~ B·D·N·L/CHUNK floats)
 CHUNK = 128
 _SCHEMES = {"euler_b": 0, "zoh": 1}
-_ext: Optional[ModuleType] = None
 
 
 def _extension() -> ModuleType:
-    global _ext
-    if _ext is None:
-        # -ffp-contract=fast lets a*b + c become one FMA (-std=c++17 turns that off)
-        _ext = load_extension("selective_scan", ["cpu/selective_scan.cpp"],
-                              extra_cflags=[*DEFAULT_CFLAGS, "-ffp-contract=fast"])
-    return _ext
+    # -ffp-contract=fast lets a*b + c become one FMA (-std=c++17 turns that off);
+    # load_extension builds once, then returns its cached module
+    return load_extension("selective_scan", ["cpu/selective_scan.cpp"],
+                          extra_cflags=[*DEFAULT_CFLAGS, "-ffp-contract=fast"])
 
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("hjseq::selective_scan_cpu_fwd", mutates_args=())
@@ -56,7 +51,7 @@ def _fwd_fake(u, delta, At, B, C, D, z, delta_bias, init_t, cu_seqlens, softplus
     batch, dim, L = u.shape
     N = At.shape[0]
     nseq = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    acc = _acc(u.dtype)
+    acc = accumulation_dtype(u.dtype)
     return (torch.empty_like(u), u.new_empty((nseq, N, dim), dtype=acc),
             u.new_empty((batch, (L + chunk - 1) // chunk, N, dim), dtype=acc))
 
@@ -78,7 +73,7 @@ def _bwd_fake(gout, gfinal_t, u, delta, At, B, C, D, z, delta_bias, init_t, cu_s
     batch, dim, L = u.shape
     N = At.shape[0]
     nseq = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    acc = _acc(u.dtype)
+    acc = accumulation_dtype(u.dtype)
     return [torch.empty_like(u), torch.empty_like(u), At.new_empty((N, dim), dtype=acc),
             B.new_empty(B.shape, dtype=acc), C.new_empty(C.shape, dtype=acc),
             u.new_empty((dim,), dtype=acc),
@@ -118,7 +113,7 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     """Fused CPU selective scan; arguments, shapes and result as ``ref.selective_scan_ref``
     (u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L) or (B, G, N, L); initial_state and
     final state (nseq, D, N)). Inputs are assumed validated (``checks.py``)."""
-    acc = _acc(u.dtype)
+    acc = accumulation_dtype(u.dtype)
     if B.dim() == 3:
         B = B.unsqueeze(1)
     if C.dim() == 3:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from hjseq.ops._dtypes import accumulation_dtype
 
 
 def discretize(delta: Tensor, A: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
@@ -70,7 +71,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
         return _varlen(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                        return_final_state, scheme, cu_seqlens)
     dtype_in = u.dtype
-    acc = torch.float64 if dtype_in == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype_in)
     u, delta, A = u.to(acc), delta.to(acc), A.to(acc)
     if delta_bias is not None:
         delta = delta + delta_bias.to(acc)[:, None]

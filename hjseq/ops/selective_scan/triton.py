@@ -33,7 +33,8 @@ from torch import Tensor
 from .._registry import BackendUnavailable
 from ._groups import as4d, from4d, n_groups
 from .checks import validate
-from .._triton_common import (acc_dtype, pick_tile, scan_combine, tile_offsets,
+from .._dtypes import accumulation_dtype
+from .._triton_common import (pick_tile, scan_combine, tile_offsets,
                               tl, tl_dtype, triton, unavailable_reason)
 
 OP = "selective_scan"
@@ -330,7 +331,7 @@ class _Meta:
         self.DG = self.dim // self.G
         self.block_n = triton.next_power_of_2(self.N)
         self.n_seq = self.batch if cu_seqlens is None else cu_seqlens.numel() - 1
-        self.acc = acc_dtype(u.dtype)
+        self.acc = accumulation_dtype(u.dtype)
         dg = triton.next_power_of_2(self.DG)
         if _on_gpu(u):
             self.T = pick_tile(self.L, cap=32)

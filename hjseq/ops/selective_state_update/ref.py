@@ -14,12 +14,12 @@ dtype)``; unlike mamba-ssm the input state is not modified in place.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_tensor
 from ..selective_scan.ref import discretize
+from hjseq.ops._dtypes import accumulation_dtype
 
 OP = "selective_state_update"
 
@@ -69,7 +69,7 @@ def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, 
                                scheme: str = "euler_b") -> tuple[Tensor, Tensor]:
     """One decoding step; see the module docstring. Returns ``(out, new_state)``."""
     check_inputs(state, x, dt, A, B, C, D, z, dt_bias, scheme)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     dim = x.shape[1]
     delta = dt.to(acc)
     if dt_bias is not None:

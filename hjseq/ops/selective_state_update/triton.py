@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from .._registry import BackendUnavailable
-from .._triton_common import acc_dtype, tl, tl_dtype, triton, unavailable_reason
+from .._dtypes import accumulation_dtype
+from .._triton_common import tl, tl_dtype, triton, unavailable_reason
 from .ref import check_inputs
 
 if triton is not None:
@@ -85,7 +86,7 @@ def selective_state_update_triton(state: Tensor, x: Tensor, dt: Tensor, A: Tenso
         *B3.stride(), *C3.stride(), *new.stride(), out.stride(0),
         BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), HAS_D=D is not None,
         HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        ZOH=scheme == "zoh", ACC=tl_dtype(acc_dtype(x.dtype)))
+        ZOH=scheme == "zoh", ACC=tl_dtype(accumulation_dtype(x.dtype)))
     return out, new
 
 
