@@ -30,10 +30,11 @@ int64_t gates_of(int64_t cell) { return cell == kRNN ? 1 : (cell == kGRU ? 3 : 4
 int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)); }
 
 template <typename T>
-void fwd_step(int64_t cell, int64_t t, int64_t r0, int64_t r1, int64_t B, int64_t L, int64_t H,
-              T dt, const T* gi, const T* gh, const T* bhn, const T* hp, const T* cp,
+void fwd_step(int64_t cell, int64_t t, int64_t ts, int64_t r0, int64_t r1, int64_t B, int64_t L,
+              int64_t H, T dt, const T* gi, const T* gh, const T* bhn, const T* hp, const T* cp,
               const T* noise, T* hn, T* cn, T* out, T* s1, T* s2) {
-  // rows [r0, r1) of the batch; pointers index the whole (B, ·) buffers
+  // rows [r0, r1) of the batch; pointers index the whole (B, ·) buffers. The gates of step
+  // t are stored at time slot ts of s1/s2 (t when saving for backward, else always 0).
   const int64_t G = gates_of(cell), GH = G * H;
   at::parallel_for(r0, r1, row_grain(H), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -44,7 +45,7 @@ void fwd_step(int64_t cell, int64_t t, int64_t r0, int64_t r1, int64_t B, int64_
       T* hnb = hn + b * H;
       T* ob = out + (b * L + t) * H;
       if (cell == kRNN) {
-        T* ab = s1 + (t * B + b) * H;
+        T* ab = s1 + (ts * B + b) * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T a = hjseq::tanh_(gib[j] + ghb[j]);
@@ -55,7 +56,7 @@ void fwd_step(int64_t cell, int64_t t, int64_t r0, int64_t r1, int64_t B, int64_
           ob[j] = h;
         }
       } else if (cell == kGRU) {
-        T* sb = s1 + (t * B + b) * 4 * H;
+        T* sb = s1 + (ts * B + b) * 4 * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
           const T r = hjseq::sigmoid_(gib[j] + ghb[j]);
@@ -72,8 +73,8 @@ void fwd_step(int64_t cell, int64_t t, int64_t r0, int64_t r1, int64_t B, int64_
           ob[j] = h;
         }
       } else {
-        T* sb = s1 + (t * B + b) * 4 * H;
-        T* cb = s2 + (t * B + b) * H;
+        T* sb = s1 + (ts * B + b) * 4 * H;
+        T* cb = s2 + (ts * B + b) * H;
         const T* cpb = cp + b * H;
         T* cnb = cn + b * H;
 #pragma omp simd
@@ -106,7 +107,8 @@ std::vector<at::Tensor> forward(int64_t cell, const at::Tensor& x_, const at::Te
                                 const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                                 const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0_,
                                 const c10::optional<at::Tensor>& c0_,
-                                const c10::optional<at::Tensor>& noise_, double dt) {
+                                const c10::optional<at::Tensor>& noise_, double dt,
+                                bool save) {
   TORCH_CHECK(cell >= 0 && cell <= 2, "recurrent_scan: unknown cell code ", cell);
   TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
               "recurrent_scan cpu kernel takes float32/float64");
@@ -131,8 +133,10 @@ std::vector<at::Tensor> forward(int64_t cell, const at::Tensor& x_, const at::Te
   const at::Tensor x2 = x.view({B * L, I});  // batch-major GI (B, L, G*H): no transpose copy
   const at::Tensor gi = bias.defined() ? at::addmm(bias, x2, w_ih.t()) : at::mm(x2, w_ih.t());
   at::Tensor out = at::empty({B, L, H}, opt);
-  at::Tensor s1 = at::empty({L, B, cell == kRNN ? H : 4 * H}, opt);
-  at::Tensor s2 = at::empty({cell == kLSTM ? L : 0, B, H}, opt);
+  // per-step gates for backward (L time slots), or one reused slot when no backward follows
+  const int64_t slots = save ? L : 1;
+  at::Tensor s1 = at::empty({slots, B, cell == kRNN ? H : 4 * H}, opt);
+  at::Tensor s2 = at::empty({cell == kLSTM ? slots : 0, B, H}, opt);
   at::Tensor h = h0_.contiguous().clone(), h_next = at::empty({B, H}, opt);
   at::Tensor c, c_next;
   if (cell == kLSTM) {
@@ -160,7 +164,7 @@ std::vector<at::Tensor> forward(int64_t cell, const at::Tensor& x_, const at::Te
         const at::Tensor& hc = hbuf[t & 1];
         const at::Tensor& hn = hbuf[(t + 1) & 1];
         at::mm_out(gh_rows, hc.narrow(0, r0, r1 - r0), w_hh_t);
-        fwd_step<scalar_t>(cell, t, r0, r1, B, L, H, static_cast<scalar_t>(dt),
+        fwd_step<scalar_t>(cell, t, save ? t : 0, r0, r1, B, L, H, static_cast<scalar_t>(dt),
                            gi.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(),
                            b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr,
                            hc.data_ptr<scalar_t>(),

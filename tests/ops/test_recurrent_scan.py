@@ -175,3 +175,18 @@ def test_torch_compile_fullgraph(dt):
     ref = recurrent_scan("lstm", **kw, dt=dt, backend="ref")
     for r, o in zip([*ref, *grads_of(list(ref), ins)], [*out, *grads_of(list(out), ins)]):
         assert_close(r, o, 1e-5, "compiled")
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_forward_without_grad_equals_forward_with_grad(cell):
+    """Without autograd the cpu kernel keeps one slot of per-step gates instead of L: the
+    outputs and final states must be identical to the saving path's."""
+    if available("recurrent_scan")["cpu"] is not None:
+        pytest.skip("cpu backend not built here")
+    kw = _inputs(cell, B=5, L=9, dtype=torch.float32)
+    with_grad = recurrent_scan(cell, **kw, dt=0.5, backend="cpu")
+    with torch.no_grad():
+        without = recurrent_scan(cell, **kw, dt=0.5, backend="cpu")
+    for a, b in zip(with_grad, without):
+        if a is not None:
+            assert torch.equal(a.detach(), b)

@@ -24,19 +24,21 @@ def _ext() -> ModuleType:
 @torch.library.custom_op("hjseq::recurrent_scan_fwd", mutates_args=(), device_types="cpu")
 def _fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
          h0: Tensor, c0: Tensor | None, noise: Tensor | None, cell: int,
-         dt: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    out, hT, cT, s1, s2 = _ext().forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, noise, dt)
+         dt: float, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out, hT, cT, s1, s2 = _ext().forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, noise, dt,
+                                         save)
     return out, hT, cT, s1, s2
 
 
 @_fwd.register_fake
-def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, noise, cell, dt):
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, noise, cell, dt, save):
     Bsz, L, _ = x.shape
     H = w_hh.shape[1]
     lstm = cell == _CELL_CODE["lstm"]
+    slots = L if save else 1
     return (x.new_empty(Bsz, L, H), x.new_empty(Bsz, H), x.new_empty((Bsz, H) if lstm else (0,)),
-            x.new_empty(L, Bsz, H if cell == _CELL_CODE["rnn_tanh"] else 4 * H),
-            x.new_empty(L if lstm else 0, Bsz, H))
+            x.new_empty(slots, Bsz, H if cell == _CELL_CODE["rnn_tanh"] else 4 * H),
+            x.new_empty(slots if lstm else 0, Bsz, H))
 
 
 @torch.library.custom_op("hjseq::recurrent_scan_bwd", mutates_args=(), device_types="cpu")
@@ -59,7 +61,7 @@ def _(x, w_ih, w_hh, has_b_ih, has_b_hh, h0, c0, has_noise, cell, dt, out, s1, s
 
 
 def _setup(ctx, inputs, output) -> None:
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0, noise, cell, dt = inputs
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, noise, cell, dt, _save = inputs
     out, _, _, s1, s2 = output
     ctx.cell, ctx.dt = cell, dt
     ctx.has = (b_ih is not None, b_hh is not None, c0 is not None, noise is not None)
@@ -73,7 +75,7 @@ def _backward(ctx, g_out, g_hT, g_cT, _g_s1, _g_s2):
         x, w_ih, w_hh, has_b_ih, has_b_hh, h0, c0, has_noise, ctx.cell, ctx.dt, out, s1, s2,
         g_out, g_hT, g_cT if ctx.cell == _CELL_CODE["lstm"] else None)
     return (dx, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None, dh0,
-            dc0 if has_c0 else None, dnoise if has_noise else None, None, None)
+            dc0 if has_c0 else None, dnoise if has_noise else None, None, None, None)
 
 
 _fwd.register_autograd(_backward, setup_context=_setup)
@@ -96,9 +98,13 @@ def recurrent_scan_cpu(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tenso
     h0 = up(h0) if h0 is not None else x.new_zeros(Bsz, H, dtype=acc)
     if cell == "lstm" and c0 is None:
         c0 = x.new_zeros(Bsz, H, dtype=acc)
+    # the per-step gates are stored only when a backward can follow
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, noise))
     out, hT, cT, _, _ = _fwd(up(x), up(weight_ih), up(weight_hh), up(bias_ih), up(bias_hh), h0,
                              up(c0) if cell == "lstm" else None, up(noise), _CELL_CODE[cell],
-                             float(dt))
+                             float(dt), save)
     return out.to(dtype), hT.to(dtype), (cT.to(dtype) if cell == "lstm" else None)
 
 
