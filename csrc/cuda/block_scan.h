@@ -7,6 +7,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "selective_scan.h"  // dtype codes HJSS_F32/F16/BF16 (plain C, no torch)
+
 #ifndef HJSEQ_SCAN_THREADS
 #define HJSEQ_SCAN_THREADS 128
 #endif
@@ -76,5 +78,24 @@ __device__ float block_sum(float v, float *scratch) {
     __syncthreads();
     return s;
 }
+
+#ifndef HJSEQ_HOST_EMULATION
+// Launch the float/half/bfloat16 instance of a kernel by the params' dtype code, one block
+// of `threads` per (channel, batch): grid (dim, batch). Params need `batch`, `dim`, `dtype`.
+template <typename Params>
+int launch_by_dtype(void (*f32)(Params), void (*f16)(Params), void (*b16)(Params),
+                    const Params *p, int threads, cudaStream_t stream) {
+    if (p->batch == 0 || p->dim == 0) return 0;
+    if (p->batch > 65535) return (int)cudaErrorInvalidValue;  // gridDim.y limit
+    dim3 grid(p->dim, p->batch), block(threads);
+    switch (p->dtype) {
+        case HJSS_F32: f32<<<grid, block, 0, stream>>>(*p); break;
+        case HJSS_F16: f16<<<grid, block, 0, stream>>>(*p); break;
+        case HJSS_BF16: b16<<<grid, block, 0, stream>>>(*p); break;
+        default: return (int)cudaErrorInvalidValue;
+    }
+    return (int)cudaGetLastError();
+}
+#endif  // HJSEQ_HOST_EMULATION
 
 }  // namespace hjseq_cuda

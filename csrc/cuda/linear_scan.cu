@@ -114,16 +114,7 @@ __global__ void __launch_bounds__(HJSS_THREADS) lin_bwd_kernel(HJLSParams p) {
 
 int launch_ls(void (*f32)(HJLSParams), void (*f16)(HJLSParams), void (*b16)(HJLSParams),
               const HJLSParams *p, cudaStream_t stream) {
-    if (p->batch == 0 || p->dim == 0) return 0;
-    if (p->batch > 65535) return (int)cudaErrorInvalidValue;
-    dim3 grid(p->dim, p->batch), block(HJSS_THREADS);
-    switch (p->dtype) {
-        case HJSS_F32: f32<<<grid, block, 0, stream>>>(*p); break;
-        case HJSS_F16: f16<<<grid, block, 0, stream>>>(*p); break;
-        case HJSS_BF16: b16<<<grid, block, 0, stream>>>(*p); break;
-        default: return (int)cudaErrorInvalidValue;
-    }
-    return (int)cudaGetLastError();
+    return hjseq_cuda::launch_by_dtype(f32, f16, b16, p, HJSS_THREADS, stream);
 }
 
 #endif  // HJSEQ_HOST_EMULATION

@@ -240,16 +240,7 @@ int launch(void (*f32)(HJSSParams), void (*f16)(HJSSParams), void (*b16)(HJSSPar
            const HJSSParams *p, cudaStream_t stream) {
     if (p->dstate > HJSS_MAX_N || p->dstate < 1 || p->n_groups < 1 || p->dim % p->n_groups)
         return (int)cudaErrorInvalidValue;
-    if (p->batch == 0 || p->dim == 0) return 0;
-    if (p->batch > 65535) return (int)cudaErrorInvalidValue;  // gridDim.y limit
-    dim3 grid(p->dim, p->batch), block(HJSS_THREADS);
-    switch (p->dtype) {
-        case HJSS_F32: f32<<<grid, block, 0, stream>>>(*p); break;
-        case HJSS_F16: f16<<<grid, block, 0, stream>>>(*p); break;
-        case HJSS_BF16: b16<<<grid, block, 0, stream>>>(*p); break;
-        default: return (int)cudaErrorInvalidValue;
-    }
-    return (int)cudaGetLastError();
+    return hjseq_cuda::launch_by_dtype(f32, f16, b16, p, HJSS_THREADS, stream);
 }
 
 #endif  // HJSEQ_HOST_EMULATION
