@@ -9,6 +9,7 @@ from .linear_scan import linear_scan
 from .recurrent_scan import recurrent_scan
 from .selective_scan import selective_scan
 from .selective_state_update import selective_state_update
+from .ssd import ssd, ssd_scan
 
-__all__ = ["selective_scan", "selective_state_update", "linear_scan", "causal_conv1d", "recurrent_scan", "available", "resolve",
+__all__ = ["selective_scan", "ssd", "ssd_scan", "selective_state_update", "linear_scan", "causal_conv1d", "recurrent_scan", "available", "resolve",
            "BackendUnavailable"]
