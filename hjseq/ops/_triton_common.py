@@ -7,27 +7,43 @@ Triton backend cannot run here, for its ``load()``.
 
 The scans are written with ``tl.associative_scan`` over the first-order linear recurrence
 ``h_t = a_t h_{t-1} + b_t``, whose pairs ``(a, b)`` compose with :func:`scan_combine`.
+Only forward scans are used: a reverse (adjoint) scan loads its tile in reversed time order,
+scans forward and turns the result around with :func:`flip_time` (Triton's GPU lowering of
+``reverse=True`` scans with non-commutative combines has had wrong-result reports).
+
+Offsets are computed in 64 bits (index vectors are cast with ``.to(tl.int64)`` before they
+meet a stride), so tensors with more than 2³¹ elements, or strided views reaching that far,
+are addressed correctly.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 try:
     import triton
     import triton.language as tl
-    from triton import knobs as _knobs
 
     _IMPORT_ERROR: str | None = None
 except ImportError as e:  # triton is optional; the backend then reports why it is off
     triton = None  # type: ignore[assignment]
     tl = None  # type: ignore[assignment]
-    _knobs = None
     _IMPORT_ERROR = f"triton is not importable ({e}); `pip install triton` to enable it"
+
+try:  # triton >= 3.4 holds its settings in `knobs`; older releases read the environment
+    from triton import knobs as _knobs
+except ImportError:
+    _knobs = None
 
 
 def interpreting() -> bool:
     """True when ``triton.jit`` builds interpreted kernels (``TRITON_INTERPRET=1``)."""
-    return _knobs is not None and bool(_knobs.runtime.interpret)
+    if triton is None:
+        return False
+    if _knobs is not None:
+        return bool(_knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def unavailable_reason() -> str | None:
@@ -71,5 +87,32 @@ if triton is not None:
     def scan_combine(a1, b1, a2, b2):
         """Compose two steps of ``h ↦ a h + b``: first (a1, b1), then (a2, b2)."""
         return a1 * a2, a2 * b1 + b2
+
+    @triton.jit
+    def _xor_combine(a, b):
+        return a ^ b
+
+    @triton.jit
+    def flip_time(x, AXIS: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr):
+        """``x`` reversed along axis ``AXIS`` (of length ``2**LOG2_T``), bit-exactly: the
+        axis is split into LOG2_T axes of length 2 and each pair swapped by an xor of the bit
+        patterns (``IDT``: the integer type of x's width), ``e ^ (e ^ e') = e'``."""
+        y = tl.reshape(x.to(IDT, bitcast=True),
+                       x.shape[:AXIS] + [2] * LOG2_T + x.shape[AXIS + 1:])
+        for i in tl.static_range(LOG2_T):
+            y = y ^ tl.reduce(y, AXIS + i, _xor_combine, keep_dims=True)
+        return tl.reshape(y, x.shape).to(x.dtype, bitcast=True)
 else:  # pragma: no cover - only without triton
-    scan_combine = None
+    scan_combine = flip_time = None
+
+
+def int_dtype(dtype: torch.dtype):
+    """The ``tl`` integer type as wide as an accumulation dtype (for :func:`flip_time`)."""
+    return tl.int64 if dtype == torch.float64 else tl.int32
+
+
+def log2_exact(n: int) -> int:
+    """log2 of a power of two (the constexpr LOG2_T of :func:`flip_time`)."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"log2_exact: {n} is not a power of two")
+    return n.bit_length() - 1

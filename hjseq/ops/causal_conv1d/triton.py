@@ -30,9 +30,9 @@ if triton is not None:
     def _bounds(cu_ptr, seq_ptr, b, t, tmask, L, VARLEN: tl.constexpr):
         """Sequence index, start and end for each position t (scalars when not packed)."""
         if VARLEN:
-            seq = tl.load(seq_ptr + t, mask=tmask, other=0)
-            bos = tl.load(cu_ptr + seq, mask=tmask, other=0)
-            eos = tl.load(cu_ptr + seq + 1, mask=tmask, other=0)
+            seq = tl.load(seq_ptr + t, mask=tmask, other=0).to(tl.int64)
+            bos = tl.load(cu_ptr + seq, mask=tmask, other=0).to(tl.int64)
+            eos = tl.load(cu_ptr + seq + 1, mask=tmask, other=0).to(tl.int64)
         else:
             seq = b
             bos = b * 0
@@ -58,9 +58,9 @@ if triton is not None:
                          W: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
                          HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, VARLEN: tl.constexpr,
                          SILU: tl.constexpr, ACC: tl.constexpr):
-        b = tl.program_id(0)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        t = tl.program_id(2) * T + tl.arange(0, T)
+        b = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+        t = tl.program_id(2).to(tl.int64) * T + tl.arange(0, T)
         dmask = d < D
         tmask = t < L
         m2 = dmask[:, None] & tmask[None, :]
@@ -87,8 +87,8 @@ if triton is not None:
                            BLOCK_W: tl.constexpr, HAS_H0: tl.constexpr, VARLEN: tl.constexpr,
                            ACC: tl.constexpr):
         """final[s, :, j] = x̃ at position eos − (W−1) + j (the last W−1 inputs)."""
-        s = tl.program_id(0)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        s = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         j = tl.arange(0, BLOCK_W)
         if VARLEN:
             bos = tl.load(cu_ptr + s)
@@ -112,9 +112,9 @@ if triton is not None:
                          HAS_H0: tl.constexpr, VARLEN: tl.constexpr, ACC: tl.constexpr):
         """dx on this (BLOCK_D, T) tile of source positions, and this tile's share of dw.
         dpre and dx are contiguous (B, D, L); dw partials are (B * n_t, D, W)."""
-        b = tl.program_id(0)
-        pid_t = tl.program_id(2)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        b = tl.program_id(0).to(tl.int64)
+        pid_t = tl.program_id(2).to(tl.int64)
+        d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         t = pid_t * T + tl.arange(0, T)
         dmask = d < D
         tmask = t < L
@@ -150,8 +150,8 @@ if triton is not None:
                          s_hs, s_hd, s_hw, W: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_W: tl.constexpr, VARLEN: tl.constexpr, ACC: tl.constexpr):
         """Gradient of initial_state[s, :, j] (x̃ history position j = 0..W−2)."""
-        s = tl.program_id(0)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        s = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         j = tl.arange(0, BLOCK_W)
         if VARLEN:
             bos = tl.load(cu_ptr + s)

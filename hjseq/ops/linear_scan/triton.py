@@ -4,7 +4,8 @@ One program owns (sequence, BLOCK_D channels) and walks L in tiles of T steps; e
 is a ``tl.associative_scan`` seeded with the carried state. Arithmetic in float32
 (float64 for float64 inputs). The forward saves the state entering each tile
 ((slots, D), one slot per T steps); the backward recomputes each tile's states from it and
-runs the co-state recurrence ``g_t = dh_t + a_{t+1} g_{t+1}`` as a reverse scan:
+runs the co-state recurrence ``g_t = dh_t + a_{t+1} g_{t+1}`` as a forward scan over the
+tile loaded in reversed time order (flipped back bit-exactly; no ``reverse=True`` scan):
 
     db_t = g_t,      da_t = g_t h_{t-1},      d(initial_state) = a_0 g_0.
 """
@@ -17,8 +18,8 @@ from torch import Tensor
 
 from .._registry import BackendUnavailable
 from .._dtypes import accumulation_dtype
-from .._triton_common import (pick_tile, scan_combine, tile_offsets, tl, tl_dtype,
-                              triton, unavailable_reason)
+from .._triton_common import (flip_time, int_dtype, log2_exact, pick_tile, scan_combine,
+                              tile_offsets, tl, tl_dtype, triton, unavailable_reason)
 from . import _validate  # the dispatcher's argument checks
 
 OP = "linear_scan"
@@ -31,8 +32,8 @@ if triton is not None:
             bos = tl.load(cu_ptr + pid_s).to(tl.int64)
             eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
         else:
-            bos = pid_s * 0
-            eos = pid_s * 0 + L
+            bos = pid_s.to(tl.int64) * 0
+            eos = pid_s.to(tl.int64) * 0 + L
         return bos, eos
 
     @triton.jit
@@ -40,8 +41,8 @@ if triton is not None:
                         L, D, s_ab, s_ad, s_al, s_bb, s_bd, s_bl, s_ob, s_od, s_ol,
                         BLOCK_D: tl.constexpr, T: tl.constexpr, HAS_H0: tl.constexpr,
                         VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr):
-        pid_s = tl.program_id(0)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
+        d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = d < D
         bos, eos = _seq_bounds(cu_ptr, pid_s, L, VARLEN)
         bb = 0 if VARLEN else pid_s  # batch row of the (B, D, L) tensors
@@ -49,8 +50,8 @@ if triton is not None:
             h = tl.load(h0_ptr + pid_s * D + d, mask=dmask, other=0.0).to(ACC)
         else:
             h = tl.zeros((BLOCK_D,), dtype=ACC)
-        slot0 = tl.load(slot_ptr + pid_s)
-        tt = tl.arange(0, T)
+        slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
+        tt = tl.arange(0, T).to(tl.int64)
         for k in range(0, tl.cdiv(eos - bos, T)):
             if SAVE_STATES:
                 tl.store(states_ptr + (slot0 + k) * D + d, h, mask=dmask)
@@ -72,15 +73,15 @@ if triton is not None:
                         L, D, s_ab, s_ad, s_al, s_bb, s_bd, s_bl, s_ob, s_od, s_ol,
                         s_gb, s_gd, s_gl,
                         BLOCK_D: tl.constexpr, T: tl.constexpr, VARLEN: tl.constexpr,
-                        ACC: tl.constexpr):
-        pid_s = tl.program_id(0)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+                        ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr):
+        pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
+        d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = d < D
         bos, eos = _seq_bounds(cu_ptr, pid_s, L, VARLEN)
         bb = 0 if VARLEN else pid_s
         P = tl.load(dhT_ptr + pid_s * D + d, mask=dmask, other=0.0).to(ACC)  # a_{t1} g_{t1}
-        slot0 = tl.load(slot_ptr + pid_s)
-        tt = tl.arange(0, T)
+        slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
+        tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
         for kk in range(0, n_tiles):
             k = n_tiles - 1 - kk
@@ -98,14 +99,18 @@ if triton is not None:
             b_prev = tl.load(b_ptr + b_off + (t[None, :] - 1) * s_bl, mask=mp, other=0.0).to(ACC)
             b_prev = tl.where(first, h_in[:, None], b_prev)
             _, h_prev = tl.associative_scan((a_prev, b_prev), 1, scan_combine)
-            # g_t = dh_t + a_{t+1} g_{t+1} within the tile; the next tile enters through P
-            mn = dmask[:, None] & ((tt + 1 < T)[None, :]) & ((t + 1) < eos)[None, :]
-            a_next = tl.load(a_ptr + a_off + (t[None, :] + 1) * s_al, mask=mn, other=1.0).to(ACC)
+            # g_t = dh_t + a_{t+1} g_{t+1} within the tile (the next tile enters through P):
+            # a forward scan over the tile loaded in reversed time order, flipped back
+            tr = bos + k * T + (T - 1 - tt)
+            mr = dmask[:, None] & (tr < eos)[None, :]
+            mn = dmask[:, None] & ((tt > 0) & (tr + 1 < eos))[None, :]
+            a_next = tl.load(a_ptr + a_off + (tr[None, :] + 1) * s_al, mask=mn, other=1.0).to(ACC)
             a_next = tl.where(mn, a_next, 1.0)
-            dh = tl.load(dout_ptr + bb * s_gb + d[:, None] * s_gd + t[None, :] * s_gl, mask=m2,
+            dh = tl.load(dout_ptr + bb * s_gb + d[:, None] * s_gd + tr[None, :] * s_gl, mask=mr,
                          other=0.0).to(ACC)
-            g_cum, g_loc = tl.associative_scan((a_next, dh), 1, scan_combine, reverse=True)
-            g = tl.where(m2, g_loc + g_cum * P[:, None], 0.0)
+            g_cum, g_loc = tl.associative_scan((a_next, dh), 1, scan_combine)
+            g = flip_time(g_loc + g_cum * P[:, None], 1, LOG2_T, IDT)
+            g = tl.where(m2, g, 0.0)
             a = tl.load(a_ptr + a_off + t[None, :] * s_al, mask=m2, other=0.0).to(ACC)
             out_off = bb * s_ob + d[:, None] * s_od + t[None, :] * s_ol
             tl.store(db_ptr + out_off, g, mask=m2)
@@ -160,7 +165,7 @@ class _LinearScanFn(torch.autograd.Function):
             a, b, dout, dhT, states, cu_seqlens if cu_seqlens is not None else slots, slots,
             da, db, dh0, L, dim, *a.stride(), *b.stride(), *da.stride(), *dout.stride(),
             BLOCK_D=block_d, T=T, VARLEN=cu_seqlens is not None, ACC=tl_dtype(acc),
-            num_warps=warps)
+            LOG2_T=log2_exact(T), IDT=int_dtype(acc), num_warps=warps)
         return da, db, (dh0.to(h0.dtype) if h0 is not None else None), None
 
 

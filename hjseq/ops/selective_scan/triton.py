@@ -10,7 +10,8 @@ float64 inputs) whatever the input dtype.
 Memory: the forward saves only the state entering each tile, (slots, D, N) with one slot
 per T steps -- never (B, D, L, N). The backward walks the tiles in reverse, recomputes the
 tile's states from its saved entry, and runs the adjoint (co-state) recurrence
-``g_t = C_t dy_t + Ā_{t+1} g_{t+1}`` as a reverse scan, carrying ``Ā_{t0} g_{t0}``
+``g_t = C_t dy_t + Ā_{t+1} g_{t+1}`` as a forward scan over the tile loaded in reversed
+time order (flipped back bit-exactly, never a ``reverse=True`` scan), carrying ``Ā_{t0} g_{t0}``
 (the gradient of the state entering the tile) to the previous tile.
 
 Gradients, with ``β_t = s_t B_t u_t`` (``s = Δ`` for euler_b, ``s = expm1(ΔA)/A`` for zoh)::
@@ -34,8 +35,8 @@ from .._registry import BackendUnavailable
 from ._groups import as4d, from4d, n_groups
 from .checks import validate
 from .._dtypes import accumulation_dtype
-from .._triton_common import (pick_tile, scan_combine, tile_offsets,
-                              tl, tl_dtype, triton, unavailable_reason)
+from .._triton_common import (flip_time, int_dtype, log2_exact, pick_tile, scan_combine,
+                              tile_offsets, tl, tl_dtype, triton, unavailable_reason)
 
 OP = "selective_scan"
 
@@ -103,21 +104,21 @@ if triton is not None:
             HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_H0: tl.constexpr,
             VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr):
-        pid_s = tl.program_id(0)
-        pid_g = tl.program_id(1)
-        pid_d = tl.program_id(2)
+        pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
+        pid_g = tl.program_id(1).to(tl.int64)
+        pid_d = tl.program_id(2).to(tl.int64)
         if VARLEN:
             bos = tl.load(cu_ptr + pid_s).to(tl.int64)
             eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
             b = 0
         else:
-            bos = 0
-            eos = L
+            bos = pid_s * 0
+            eos = pid_s * 0 + L
             b = pid_s
         dl = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = dl < DG
         d = pid_g * DG + dl
-        n = tl.arange(0, BLOCK_N)
+        n = tl.arange(0, BLOCK_N).to(tl.int64)
         nmask = n < N
         dn_mask = dmask[:, None] & nmask[None, :]
         A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=dn_mask, other=0.0).to(ACC)
@@ -130,10 +131,10 @@ if triton is not None:
             h = tl.load(h0_ptr + pid_s * s_hs + hs_off, mask=dn_mask, other=0.0).to(ACC)
         else:
             h = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
-        slot0 = tl.load(slot_ptr + pid_s)
+        slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
         B_base = B_ptr + b * s_Bb + pid_g * s_Bg
         C_base = C_ptr + b * s_Cb + pid_g * s_Cg
-        tt = tl.arange(0, T)
+        tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
         for k in range(0, n_tiles):
             if SAVE_STATES:
@@ -181,22 +182,22 @@ if triton is not None:
             BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr,
             HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_DHT: tl.constexpr,
-            VARLEN: tl.constexpr, ACC: tl.constexpr):
-        pid_s = tl.program_id(0)
-        pid_g = tl.program_id(1)
-        pid_d = tl.program_id(2)
+            VARLEN: tl.constexpr, ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr):
+        pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
+        pid_g = tl.program_id(1).to(tl.int64)
+        pid_d = tl.program_id(2).to(tl.int64)
         if VARLEN:
             bos = tl.load(cu_ptr + pid_s).to(tl.int64)
             eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
             b = 0
         else:
-            bos = 0
-            eos = L
+            bos = pid_s * 0
+            eos = pid_s * 0 + L
             b = pid_s
         dl = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = dl < DG
         d = pid_g * DG + dl
-        n = tl.arange(0, BLOCK_N)
+        n = tl.arange(0, BLOCK_N).to(tl.int64)
         nmask = n < N
         dn_mask = dmask[:, None] & nmask[None, :]
         A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=dn_mask, other=0.0).to(ACC)
@@ -214,12 +215,12 @@ if triton is not None:
         dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
         dD_acc = tl.zeros((BLOCK_D,), dtype=ACC)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=ACC)
-        slot0 = tl.load(slot_ptr + pid_s)
+        slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
         B_base = B_ptr + b * s_Bb + pid_g * s_Bg
         C_base = C_ptr + b * s_Cb + pid_g * s_Cg
         dB_base = dB_ptr + b * s_dBb + pid_g * s_dBg
         dC_base = dC_ptr + b * s_dBb + pid_g * s_dBg
-        tt = tl.arange(0, T)
+        tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
         for kk in range(0, n_tiles):
             k = n_tiles - 1 - kk
@@ -230,18 +231,12 @@ if triton is not None:
             u = _load_tile(u_ptr, b, s_ub, d, s_ud, t, s_ul, m2, ACC)
             dpre = _load_tile(delta_ptr, b, s_db, d, s_dd, t, s_dl, m2, ACC)
             # Ā_{t+1} inside the tile (1 at its last step: the next tile enters through P)
-            nxt = t + 1
-            nmask2 = dmask[:, None] & ((tt + 1 < T) & (nxt < eos))[None, :]
-            dpre_next = _load_tile(delta_ptr, b, s_db, d, s_dd, nxt, s_dl, nmask2, ACC)
             if HAS_BIAS:
                 dpre = dpre + bias[:, None]
-                dpre_next = dpre_next + bias[:, None]
             if SOFTPLUS:
                 delta = _softplus(dpre)
-                delta_next = _softplus(dpre_next)
             else:
                 delta = dpre
-                delta_next = dpre_next
             tn_mask = tmask[:, None] & nmask[None, :]
             Bt = tl.load(B_base + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tn_mask,
                          other=0.0).to(ACC)
@@ -271,10 +266,28 @@ if triton is not None:
                 du = dy * Dv[:, None]
             else:
                 du = tl.zeros_like(dy)
-            a_next = tl.where(nmask2[:, :, None], tl.exp(delta_next[:, :, None] * A[:, None, :]), 1.0)
-            c = dy[:, :, None] * Ct[None, :, :]
-            g_cum, g_loc = tl.associative_scan((a_next, c), 1, scan_combine, reverse=True)
-            g = tl.where(m3, g_loc + g_cum * P[:, None, :], 0.0)
+            # co-state g_t = C_t dy_t + Ā_{t+1} g_{t+1}: a forward scan over the tile loaded in
+            # reversed time order (slot j holds step T-1-j), then flipped back
+            tr = bos + k * T + (T - 1 - tt)
+            trmask = tr < eos
+            mr = dmask[:, None] & trmask[None, :]
+            nmr = dmask[:, None] & ((tt > 0) & (tr + 1 < eos))[None, :]  # Ā_{t+1} in the tile
+            dn = _load_tile(delta_ptr, b, s_db, d, s_dd, tr + 1, s_dl, nmr, ACC)
+            if HAS_BIAS:
+                dn = dn + bias[:, None]
+            if SOFTPLUS:
+                dn = _softplus(dn)
+            a_next_r = tl.where(nmr[:, :, None], tl.exp(dn[:, :, None] * A[:, None, :]), 1.0)
+            dy_r = _load_tile(dout_ptr, b, s_gb, d, s_gd, tr, s_gl, mr, ACC)
+            if HAS_Z:
+                zr = _load_tile(z_ptr, b, s_zb, d, s_zd, tr, s_zl, mr, ACC)
+                dy_r = dy_r * zr * tl.sigmoid(zr)
+            Cr = tl.load(C_base + n[None, :] * s_Cn + tr[:, None] * s_Cl,
+                         mask=trmask[:, None] & nmask[None, :], other=0.0).to(ACC)
+            g_cum, g_loc = tl.associative_scan((a_next_r, dy_r[:, :, None] * Cr[None, :, :]), 1,
+                                               scan_combine)
+            g = flip_time(g_loc + g_cum * P[:, None, :], 1, LOG2_T, IDT)
+            g = tl.where(m3, g, 0.0)
             # dC_t = Σ_d dy h_t, dB_t = Σ_d g s u: summed over this program's channels here,
             # over the group's other channel blocks by the atomics
             tl.atomic_add(dC_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
@@ -420,7 +433,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             BLOCK_D=m.block_d_bwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             ZOH=ctx.zoh, HAS_DHT=dhT is not None, VARLEN=cu_seqlens is not None,
-            ACC=tl_dtype(m.acc), num_warps=m.warps_bwd)
+            ACC=tl_dtype(m.acc), LOG2_T=log2_exact(m.T), IDT=int_dtype(m.acc),
+            num_warps=m.warps_bwd)
         dA = dA_p[:, :, :m.N].sum(0).to(A.dtype)
         dD = dD_p.sum(0).to(D.dtype) if D is not None else None
         dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
