@@ -1,0 +1,113 @@
+"""CPU backend of ``ssd_scan``: the chunked C++ kernel in ``csrc/cpu/ssd.cpp``.
+
+Same definition and layouts as ``ref.py``. Per chunk of ``chunk_size`` tokens the kernel
+does the intra-chunk work as matmuls ((L ∘ C Bᵀ) X, the chunk's state Xᵀ diag(decay) B),
+passes the (p, n) states between chunks in a short sequential pass per (sequence, head),
+and runs OpenMP over (chunk, head) and (chunk, group); see the .cpp header. fp32
+accumulation (fp64 for fp64 inputs): inputs are cast to that dtype here.
+
+Autograd: the forward keeps the state entering every chunk; the backward recomputes the
+chunk's decays and C Bᵀ from them. Both directions are ``torch.library`` custom ops
+(``hjseq::ssd_cpu_fwd`` / ``_bwd``) with fake kernels, so ``torch.compile`` traces them.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._build import DEFAULT_CFLAGS, load_extension
+from .._dtypes import accumulation_dtype
+
+
+def _ext() -> ModuleType:
+    # -ffp-contract=fast: a*b + c may become one FMA (-std=c++17 turns contraction off)
+    return load_extension("ssd", ["cpu/ssd.cpp"], extra_cflags=[*DEFAULT_CFLAGS, "-ffp-contract=fast"])
+
+
+def _n_chunks_alloc(batch: int, L: int, nseq: int, varlen: bool, chunk: int) -> int:
+    # the kernel's bound on the number of chunks (a function of shapes only)
+    return (L + nseq * (chunk - 1)) // chunk if varlen else batch * ((L + chunk - 1) // chunk)
+
+
+@torch.library.custom_op("hjseq::ssd_cpu_fwd", mutates_args=(), device_types="cpu")
+def _fwd(x: Tensor, ld: Tensor, B: Tensor, C: Tensor, init_t: Optional[Tensor], cu: Tensor,
+         varlen: bool, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x (b, l, h, p), ld (b, l, h), B, C (b, l, g, n), init_t (nseq, h, n, p), all in one
+    float dtype. Returns y, final_t (nseq, h, n, p), chunk-entry states (nc, h, n, p)."""
+    y, fin_t, st = _ext().forward(x, ld, B, C, init_t, cu, varlen, chunk)
+    return y, fin_t, st
+
+
+@_fwd.register_fake
+def _(x, ld, B, C, init_t, cu, varlen, chunk):
+    batch, L, H, P = x.shape
+    N = B.shape[-1]
+    nseq = cu.shape[0] - 1 if varlen else batch
+    nc = _n_chunks_alloc(batch, L, nseq, varlen, chunk)
+    return torch.empty_like(x), x.new_empty(nseq, H, N, P), x.new_empty(nc, H, N, P)
+
+
+@torch.library.custom_op("hjseq::ssd_cpu_bwd", mutates_args=(), device_types="cpu")
+def _bwd(dy: Tensor, dfin_t: Optional[Tensor], x: Tensor, ld: Tensor, B: Tensor, C: Tensor,
+         st: Tensor, cu: Tensor, varlen: bool,
+         chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dx, dld, dB, dC, dinit_t = _ext().backward(dy, dfin_t, x, ld, B, C, st, cu, varlen, chunk)
+    return dx, dld, dB, dC, dinit_t
+
+
+@_bwd.register_fake
+def _(dy, dfin_t, x, ld, B, C, st, cu, varlen, chunk):
+    batch, _, H, P = x.shape
+    nseq = cu.shape[0] - 1 if varlen else batch
+    return (torch.empty_like(x), torch.empty_like(ld), torch.empty_like(B), torch.empty_like(C),
+            x.new_empty(nseq, H, B.shape[-1], P))
+
+
+def _setup(ctx, inputs, output) -> None:
+    x, ld, B, C, init_t, cu, varlen, chunk = inputs
+    ctx.save_for_backward(x, ld, B, C, output[2], cu)
+    ctx.flags = (varlen, chunk, init_t is not None)
+    ctx.mark_non_differentiable(output[2])
+
+
+def _backward(ctx, dy, dfin_t, _dst):
+    x, ld, B, C, st, cu = ctx.saved_tensors
+    varlen, chunk, has_init = ctx.flags
+    dy = torch.zeros_like(x) if dy is None else dy.to(x.dtype).contiguous()
+    if dfin_t is not None:
+        dfin_t = dfin_t.to(x.dtype).contiguous()
+    dx, dld, dB, dC, dinit_t = _bwd(dy, dfin_t, x, ld, B, C, st, cu, varlen, chunk)
+    return dx, dld, dB, dC, (dinit_t if has_init else None), None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+def ssd_scan_cpu(x: Tensor, log_decay: Tensor, B: Tensor, C: Tensor,
+                 initial_states: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None,
+                 return_final_states: bool = False, chunk_size: int = 64):
+    """Chunked CPU SSD scan; arguments, shapes and result as ``ref.ssd_scan_ref`` (x (b, l,
+    h, p); log_decay (b, l, h); B, C (b, l, g, n); states (b or s, h, p, n)). Inputs are
+    assumed validated (``checks.py``)."""
+    acc = accumulation_dtype(x.dtype)
+    varlen = cu_seqlens is not None
+    cu = (cu_seqlens.to(torch.int64).contiguous() if varlen
+          else torch.tensor([0, x.shape[1]], dtype=torch.int64))
+    init_t = (None if initial_states is None
+              else initial_states.to(acc).transpose(-1, -2).contiguous())
+    y, fin_t, _ = _fwd(x.to(acc).contiguous(), log_decay.to(acc).contiguous(),
+                       B.to(acc).contiguous(), C.to(acc).contiguous(), init_t, cu, varlen,
+                       int(chunk_size))
+    y = y.to(x.dtype)
+    if return_final_states:
+        return y, fin_t.transpose(-1, -2).contiguous()
+    return y
+
+
+def load():
+    """Build (or reuse) the extension; raises BackendUnavailable if it cannot be built."""
+    _ext()
+    return ssd_scan_cpu
