@@ -1,8 +1,8 @@
 """``backend="mamba"``: mamba-ssm's Triton ``selective_state_update``, where it is installed.
 
-mamba-ssm updates the state in place; hjseq's op returns a new state, so the state is
-cloned first. Only Mamba's ``scheme="euler_b"`` exists there; :func:`supports` declines
-``"zoh"``.
+mamba-ssm updates the state in place; without ``inplace=True`` the state is cloned first.
+Both layouts and ``state_batch_indices`` pass through. Only Mamba's ``scheme="euler_b"``
+exists there; :func:`supports` declines ``"zoh"``.
 """
 from __future__ import annotations
 
@@ -32,15 +32,20 @@ def load() -> Callable:
                                      B: Tensor, C: Tensor, D: Tensor | None = None,
                                      z: Tensor | None = None, dt_bias: Tensor | None = None,
                                      dt_softplus: bool = False,
-                                     scheme: str = "euler_b") -> tuple[Tensor, Tensor]:
-        """hjseq's selective_state_update on top of mamba-ssm's (state cloned, not mutated)."""
-        check_inputs(state, x, dt, A, B, C, D, z, dt_bias, scheme)
+                                     scheme: str = "euler_b",
+                                     state_batch_indices: Tensor | None = None,
+                                     inplace: bool = False) -> tuple[Tensor, Tensor]:
+        """hjseq's selective_state_update on top of mamba-ssm's (the state is cloned first
+        unless ``inplace``)."""
+        check_inputs(state, x, dt, A, B, C, D, z, dt_bias, scheme, state_batch_indices)
         reason = supports(scheme=scheme)
         if reason:
             raise BackendUnavailable(f"selective_state_update backend 'mamba': {reason}")
-        new = state.clone()
+        new = state if inplace else state.clone()
+        extra = {} if state_batch_indices is None else {
+            "state_batch_indices": state_batch_indices}  # older mamba-ssm lacks the keyword
         out = selective_state_update(new, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
-                                     dt_softplus=dt_softplus)
+                                     dt_softplus=dt_softplus, **extra)
         return out, new
 
     return selective_state_update_mamba
