@@ -81,32 +81,234 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .ops._registry import BackendUnavailable
-from .schemes import get_scheme
+from .ops._registry import BACKEND_NAMES, BackendUnavailable
+from .schemes import Scheme, get_scheme
 
 Kernel = Callable[[Any, Tensor, Any, "Tensor | None", str], "tuple[Tensor, Any]"]
 """``kernel(block, x, state, noise, backend) -> (out, final_state)``; raises
 ``BackendUnavailable`` to decline (see the module docstring)."""
 
-_KERNELS: dict[tuple[type, str], Kernel] = {}
+BLOCK_BACKENDS: tuple[str, ...] = ("auto", "loop", *BACKEND_NAMES)
+"""What a recurrent block's ``backend`` may be: "auto", the engine's reference "loop", or
+an op backend name (passed to whichever fused op the block runs on)."""
 
 
-def register_kernel(hamiltonian_cls: type, scheme_name: str, fn: Kernel) -> None:
-    """Use ``fn`` for blocks whose Hamiltonian is a ``hamiltonian_cls`` (or subclass) and
-    whose scheme is ``scheme_name``. ``fn(block, x, state, noise, backend)`` returns
-    ``(out, final_state)`` exactly as the reference loop would, or raises
-    ``BackendUnavailable``."""
+def check_backend(backend: Any, where: str = "backend") -> str:
+    """Validate a block's backend name (at construction, not at the first forward)."""
+    if not isinstance(backend, str) or backend not in BLOCK_BACKENDS:
+        raise ValueError(f"{where} must be one of {list(BLOCK_BACKENDS)}, got {backend!r}")
+    return backend
+
+
+_CLOSED_FORM: dict[tuple[type, str, type], Kernel] = {}
+
+
+def register_kernel(hamiltonian_cls: type, scheme_name: str, block_cls: type,
+                    fn: Kernel) -> None:
+    """A closed-form kernel: ``fn`` runs blocks of exactly class ``block_cls`` whose
+    Hamiltonian is exactly a ``hamiltonian_cls`` and whose scheme is ``scheme_name`` — the
+    one computation it was written for. Subclasses of either get the structural fused paths
+    or the loop instead, so a changed ``velocity`` can never meet a stale kernel.
+    ``fn(block, x, state, noise, backend)`` returns ``(out, final_state)`` exactly as the
+    reference loop would, or raises ``BackendUnavailable``."""
     get_scheme(scheme_name)  # validates the name
-    _KERNELS[(hamiltonian_cls, scheme_name)] = fn
+    for what, cls in (("hamiltonian_cls", hamiltonian_cls), ("block_cls", block_cls)):
+        if not isinstance(cls, type):
+            raise TypeError(f"register_kernel: {what} must be a class, got {cls!r}")
+    _CLOSED_FORM[(hamiltonian_cls, scheme_name, block_cls)] = fn
 
 
-def find_kernel(hamiltonian: Any, scheme_name: str) -> Kernel | None:
-    """The registered kernel for this Hamiltonian (nearest class in its MRO) and scheme."""
-    for cls in type(hamiltonian).__mro__:
-        fn = _KERNELS.get((cls, scheme_name))
-        if fn is not None:
-            return fn
+def find_kernel(block: Any) -> Kernel | None:
+    """The closed-form kernel registered for exactly this (Hamiltonian, scheme, block)."""
+    spec = block.spec
+    return _CLOSED_FORM.get((type(spec.hamiltonian), spec.scheme, type(block)))
+
+
+def _method_overridden(obj: Any, name: str, base: type) -> bool:
+    return getattr(type(obj), name) is not getattr(base, name)
+
+
+def tokenwise(block: Any) -> bool:
+    """True when every token's drive, step and readout can be computed for the whole
+    sequence at once: ``token_drive`` and ``readout`` read nothing of the state but its flow
+    part, and the step rule does not read h. Blocks say so with ``state_free_tokens``
+    (None: True unless they override ``token_drive`` or ``readout``)."""
+    from .nn.base import RecurrentBlock
+
+    declared = getattr(block, "state_free_tokens", None)
+    if declared is None:
+        declared = not (_method_overridden(block, "token_drive", RecurrentBlock)
+                        or _method_overridden(block, "readout", RecurrentBlock))
+    return bool(declared) and not block.spec.step.reads_state
+
+
+def fused_path(block: Any, noisy: bool = False) -> str:
+    """The path ``run`` takes for this block (unless ``backend == "loop"``):
+    ``"closed_form"`` (a kernel registered for exactly this computation), ``"ssd"`` (a
+    ``head_affine`` Hamiltonian with a ``linear_readout``, no noise), ``"linear_scan"`` (any
+    ``affine`` Hamiltonian), or ``"loop"`` — chosen from what the spec declares."""
+    if find_kernel(block) is not None:
+        return "closed_form"
+    if not tokenwise(block):
+        return "loop"
+    have = type(block.spec.hamiltonian).structures()
+    if type(get_scheme(block.spec.scheme)).discrete_affine is Scheme.discrete_affine:
+        return "loop"  # the scheme is not a linear map on affine fields
+    if "head_affine" in have and not noisy and getattr(block, "linear_readout", None):
+        return "ssd"
+    if "affine" in have:
+        return "linear_scan"
+    return "loop"
+
+
+# ----------------------------------------------------------------------------- fused paths
+
+class _Sequence:
+    """The whole sequence's token drives at once, flattened to (B·L, ·) (tokenwise blocks)."""
+
+    def __init__(self, block: Any, x: Tensor, state: Any) -> None:
+        from .nn.base import RecurrentBlock
+
+        if (len(block.state_names) > 1
+                and not _method_overridden(block, "replace_flow", RecurrentBlock)):
+            raise BackendUnavailable(f"{type(block).__name__} has a tuple state but no "
+                                     "replace_flow(state, h); running the loop")
+        self.block, self.B, self.L = block, x.shape[0], x.shape[1]
+        self.seq, const, self.state = block.prepare(x, state)
+        flat = {k: v.reshape(self.B * self.L, *v.shape[2:]) for k, v in self.seq.items()}
+        self.drive = block.token_drive(checked_drive(block, {**flat, **const}), self.state)
+        self.h0 = block.flow_state(self.state)
+        self.flow_shape = tuple(self.h0.shape[1:])
+        # h is never read by a tokenwise step rule or linear form: a meta tensor of the
+        # right rank stands in for it, so a rule that does read it fails loudly
+        self.h_like = torch.empty((self.B * self.L, *self.flow_shape), device="meta")
+        self.t = torch.arange(self.L, dtype=self.h0.dtype, device=self.h0.device).repeat(
+            self.B).reshape(-1, *([1] * len(self.flow_shape)))
+        self.dt = block.spec.step(self.t, self.h_like, self.drive)
+
+    def unflat(self, v: Tensor) -> Tensor:
+        return v.reshape(self.B, self.L, *v.shape[1:])
+
+
+def _op_backend(op: str, backend: str) -> str:
+    from .ops._registry import backends
+
+    if backend != "auto" and backend not in backends(op):
+        raise BackendUnavailable(f"{op} has no backend {backend!r} (it has "
+                                 f"{sorted(backends(op))})")
+    return backend
+
+
+def linear_scan_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
+                     backend: str) -> tuple[Tensor, Any]:
+    """Any tokenwise block with an ``affine`` Hamiltonian, under any scheme that is a linear
+    map on affine fields: ``h_k = Ā_k ⊙ h_{k−1} + s_k ⊙ b_k (+ noise_k)`` for the whole
+    sequence through ``hjseq.ops.linear_scan``, then the block's readout on every token."""
+    from .ops.linear_scan import linear_scan
+
+    sq = _Sequence(block, x, state)
+    spec = block.spec
+    a, b = spec.hamiltonian.affine(sq.t, sq.drive)
+    decay, scale = get_scheme(spec.scheme).discrete_affine(a, sq.dt)
+    full = (sq.B * sq.L, *sq.flow_shape)
+    dtype = sq.h0.dtype
+    decay = torch.broadcast_to(decay, full).to(dtype).reshape(sq.B, sq.L, -1)
+    inp = torch.broadcast_to(scale * b, full).to(dtype).reshape(sq.B, sq.L, -1)
+    if noise is not None:
+        inp = inp + noise.reshape(sq.B, sq.L, -1).to(dtype)
+    hs, h_T = linear_scan(decay.transpose(1, 2).contiguous(), inp.transpose(1, 2).contiguous(),
+                          initial_state=sq.h0.reshape(sq.B, -1), return_final_state=True,
+                          backend=_op_backend("linear_scan", backend))
+    hs = hs.transpose(1, 2).reshape(full)
+    y, _ = block.readout(hs, sq.drive, sq.state)
+    out = block.finish(sq.unflat(y), sq.seq)
+    return out, block.replace_flow(sq.state, h_T.to(dtype).reshape(sq.h0.shape))
+
+
+def ssd_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
+             backend: str) -> tuple[Tensor, Any]:
+    """Any tokenwise block with a ``head_affine`` Hamiltonian (``S ← Ā S + s x Bᵀ`` per head,
+    one decay per head and token) and ``linear_readout`` ``y = S C``: the whole sequence
+    through the chunked ``hjseq.ops.ssd_scan`` op, never materialising S per token. Declines
+    (→ ``linear_scan_path``) when Δ varies within a head or the scheme's decay is not
+    positive."""
+    from .ops import ssd_scan
+
+    sq = _Sequence(block, x, state)
+    spec = block.spec
+    a, xin, Bv = spec.hamiltonian.head_affine(sq.t, sq.drive)
+    dt = sq.dt
+    if isinstance(dt, Tensor):
+        if dt.dim() > 2 and any(n != 1 for n in dt.shape[2:]):
+            raise BackendUnavailable("the step varies within a head")
+        dt = dt.reshape(*dt.shape[:2]) if dt.dim() > 2 else dt
+    scheme = get_scheme(spec.scheme)
+    a = a.to(sq.h0.dtype)
+    decay, scale = scheme.discrete_affine(a, dt)
+    if not bool((decay > 0).all()):
+        raise BackendUnavailable(f"scheme {spec.scheme!r} gives a non-positive decay")
+    log_decay = scheme.log_decay(a, dt)
+    H = xin.shape[-2]
+    C = sq.drive[block.linear_readout]
+    y, S_T = ssd_scan(sq.unflat((scale.unsqueeze(-1) * xin).to(xin.dtype)),
+                      sq.unflat(log_decay), sq.unflat(Bv), sq.unflat(C),
+                      initial_states=sq.h0, return_final_states=True,
+                      backend=_op_backend("ssd_scan", backend))
+    out = block.finish(y, sq.seq)
+    return out, block.replace_flow(sq.state, S_T.to(sq.h0.dtype))
+
+
+def _run_fused(block: Any, x: Tensor, state: Any, noise: Tensor | None,
+               backend: str) -> tuple[Tensor, Any] | None:
+    """The fused path for this block (closed form, ssd, linear_scan), or None for the loop.
+    A declining path falls to the next one under "auto"/"ref"; a named backend re-raises."""
+    path = fused_path(block, noisy=noise is not None)
+    chain = {"closed_form": [find_kernel(block), linear_scan_path],
+             "ssd": [ssd_path, linear_scan_path],
+             "linear_scan": [linear_scan_path], "loop": []}[path]
+    if path == "closed_form" and not (tokenwise(block) and "affine" in
+                                      type(block.spec.hamiltonian).structures()):
+        chain = chain[:1]
+    reasons = []
+    for kernel in chain:
+        try:
+            return kernel(block, x, state, noise, backend)
+        except BackendUnavailable as e:
+            if backend not in ("auto", "ref"):
+                raise
+            reasons.append(str(e))
+    if backend not in ("auto", "ref"):
+        raise BackendUnavailable(
+            f"{type(block).__name__}: backend={backend!r} names a fused kernel, but no fused "
+            f"path fits ({type(block.spec.hamiltonian).__name__}, {block.spec.scheme!r}): "
+            "the Hamiltonian declares no affine()/head_affine(), or the block's drive, step "
+            "or readout reads the state; use backend='auto', 'ref' or 'loop'")
     return None
+
+
+class DriveKeyError(KeyError):
+    """A Hamiltonian or step rule read a drive entry that the block did not provide."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _CheckedDrive(dict):
+    """A drive dict whose missing keys raise an error naming the hooks that fill it."""
+
+    owner: str = ""
+
+    def __missing__(self, key: str) -> Tensor:
+        raise DriveKeyError(
+            f"the drive has no entry {key!r} (it has {sorted(self)}): {self.owner}.prepare() "
+            "(per-token tensors and held weights) or token_drive() must provide every key "
+            "the Hamiltonian and the step rule read")
+
+
+def checked_drive(block: Any, drive: dict[str, Tensor]) -> dict[str, Tensor]:
+    d = _CheckedDrive(drive)
+    d.owner = type(block).__name__
+    return d
 
 
 # ----------------------------------------------------------------------------- noise
@@ -126,10 +328,11 @@ def draw_noise(block: Any, x: Tensor, state: Any) -> Tensor | None:
 
 # ----------------------------------------------------------------------------- the loop
 
-def _token(seq: dict[str, Tensor], const: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+def _token(block: Any, seq: dict[str, Tensor], const: dict[str, Tensor],
+           k: int) -> dict[str, Tensor]:
     d = {name: v[:, k] for name, v in seq.items()}
     d.update(const)
-    return d
+    return checked_drive(block, d)
 
 
 def _one_step(block: Any, h: Tensor, d: dict[str, Tensor], t: float, dt: Any = None,
@@ -162,7 +365,7 @@ def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
     seq, const, state = block.prepare(x, state)
     ys, traj, drives, pre = [], [block.flow_state(state)], [], []
     for k in range(x.shape[1]):
-        d = block.token_drive(_token(seq, const, k), state)
+        d = block.token_drive(_token(block, seq, const, k), state)
         if record:
             drives.append(d)
             pre.append(state)
@@ -190,25 +393,14 @@ def run(block: Any, x: Tensor, initial_state: Any = None, return_states: bool = 
 
     Returns ``(out, final_state, states)``: out (B, L, ·), the final state in the block's
     state format, and (``return_states``) the flow-state trajectory (B, L+1, *F), else None.
-    Dispatch: a registered kernel unless ``block.backend == "loop"`` or the trajectory is
-    requested (kernels return only the final state)."""
+    Dispatch (:func:`fused_path`): a fused path unless ``block.backend == "loop"`` or the
+    trajectory is requested (fused paths return only the final state)."""
     state = _start(block, x, initial_state)
     noise = draw_noise(block, x, state)
-    backend = block.backend
-    if backend != "loop" and not return_states:
-        kernel = find_kernel(block.spec.hamiltonian, block.spec.scheme)
-        if kernel is not None:
-            try:
-                out, final = kernel(block, x, state, noise, backend)
-                return out, final, None
-            except BackendUnavailable:
-                if backend not in ("auto", "ref"):
-                    raise
-        elif backend not in ("auto", "ref"):
-            raise BackendUnavailable(
-                f"{type(block).__name__}: backend={backend!r} names a fused kernel, but none is "
-                f"registered for ({type(block.spec.hamiltonian).__name__}, "
-                f"{block.spec.scheme!r}); use backend='auto', 'ref' or 'loop'")
+    if block.backend != "loop" and not return_states:
+        fused = _run_fused(block, x, state, noise, block.backend)
+        if fused is not None:
+            return fused[0], fused[1], None
     res = loop(block, x, state, noise, return_states)
     return res.out, res.final_state, res.states
 
@@ -294,5 +486,6 @@ def characteristics(block: Any, x: Tensor, initial_state: Any = None) -> Charact
     return Characteristics(block, res.states, res.out, res.drives, res.seq, res.pre_states)
 
 
-__all__ = ["register_kernel", "find_kernel", "run", "step", "loop", "draw_noise",
-           "characteristics", "Characteristics", "LoopResult"]
+__all__ = ["register_kernel", "find_kernel", "fused_path", "tokenwise", "linear_scan_path",
+           "ssd_path", "run", "step", "loop", "draw_noise", "characteristics",
+           "Characteristics", "LoopResult", "BLOCK_BACKENDS", "check_backend", "DriveKeyError"]

@@ -1,4 +1,4 @@
-"""The per-architecture Hamiltonians of DESIGN §1 (one small class each).
+"""The per-architecture Hamiltonians (one small class each).
 
 All but :class:`Quadratic` are control-affine, ``H(t, h, p; x) = p·F(t, h; x)``; ``F`` is
 :meth:`velocity`. Parameters are owned by the blocks (so their names match torch/mamba);
@@ -14,11 +14,16 @@ GRU            n − h,  n = tanh(u_n + r⊙(W_hn h + b_hn)),                   
                s = σ(u_z + W_hz h + b_hz)   (torch's z)
 LSTM           −(1 − f)⊙c + i⊙g  (state c; gates held over the token)       ``i, f, g``
 LinearSSM      A⊙h + B u  (state (D, N), A diagonal)                        ``A, B, u``
+HeadLinearSSM  a S + x Bᵀ per head (state (H, P, N), one rate a per head)    ``a, x, B``
 =============  ===========================================================  =====================
 
 Shapes: hidden (B, H); ``u`` (B, H) (RNN) or (B, 3H) (GRU, gate order r, z, n as torch);
 ``weight_hh`` (G·H, H); ``bias_hh`` (G·H,) or absent/None. SSM: h (B, D, N), ``A`` (D, N),
-``B`` (B, N) or (B, D, N), ``u`` (B, D).
+``B`` (B, N) or (B, D, N), ``u`` (B, D). HeadLinearSSM: S (B, H, P, N), ``a`` (H,) or (B, H),
+``x`` (B, H, P), ``B`` (B, G, N) with H divisible by G.
+
+The structure a Hamiltonian declares (``affine``, ``head_affine``) is what the engine's
+fused paths key on; see :meth:`hjseq.spec.Hamiltonian.structures`.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spec import Drive, Hamiltonian
+from .spec import Drive, Hamiltonian, expand_groups
 
 
 def _linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -49,6 +54,10 @@ class Quadratic(Hamiltonian):
 
     def velocity(self, t: float, h: Tensor, drive: Drive) -> Tensor:
         return 2 * drive["p"]
+
+    @classmethod
+    def structures(cls) -> frozenset[str]:
+        return frozenset({"velocity", "quadratic"})
 
 
 class ElmanRNN(Hamiltonian):
@@ -133,4 +142,24 @@ class LinearSSM(Hamiltonian):
         return drive["A"] * p
 
 
-__all__ = ["Quadratic", "ElmanRNN", "GRU", "LSTM", "LinearSSM"]
+class HeadLinearSSM(Hamiltonian):
+    """``H = ⟨P, a ⊙ S + x Bᵀ⟩`` per head: a matrix state ``S_h ∈ R^{P×N}`` decaying at one
+    rate ``a_h`` (≤ 0 for a stable flow) and driven by the outer product of the token's
+    ``x_h`` (P) and ``B`` (N) — the flow of Mamba-2's SSD, of retention (fixed a per head)
+    and of gated linear attention. ``ḣ`` is :meth:`head_affine`'s ``a S + x Bᵀ``; ``euler_b``
+    gives Mamba-2's ``S ← e^{Δa} S + Δ x Bᵀ``, ``zoh`` the exact flow with x, B held.
+    Drive: ``a`` (H,) or (B, H), ``x`` (B, H, P), ``B`` (B, G, N)."""
+
+    state_dims = 3
+
+    def head_affine(self, t: float, drive: Drive) -> tuple[Tensor, Tensor, Tensor]:
+        x = drive["x"]
+        return drive["a"].expand(x.shape[:-1]), x, drive["B"]
+
+    def dH_dh(self, t: float, h: Tensor, p: Tensor, drive: Drive) -> Tensor:
+        x = drive["x"]
+        return drive["a"].expand(x.shape[:-1])[..., None, None] * p
+
+
+__all__ = ["Quadratic", "ElmanRNN", "GRU", "LSTM", "LinearSSM", "HeadLinearSSM",
+           "expand_groups"]

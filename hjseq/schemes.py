@@ -1,71 +1,106 @@
 """Discretization schemes of the characteristic ODE ``ḣ = F(t, h; x)``, torchdiffeq style.
 
-``SCHEMES = {name: Scheme}``; a scheme has an ``order`` (``math.inf`` for an exact flow) and
+``SCHEMES = {name: Scheme}``; a scheme has an ``order`` (``math.inf`` for an exact flow), the
+structure it ``needs`` from the Hamiltonian (checked when an ``HJSpec`` is built), and
 ``step(hamiltonian, dt, t, h, drive) -> h_next`` advancing the state over one step of size
 ``dt`` (a float, or a tensor broadcastable to h for per-coordinate steps):
 
-============  ==========================================================  ======
-name          update                                                      order
-============  ==========================================================  ======
-euler         h + Δ F(t, h)                                               1
-gated_euler   h + Δ ⊙ F(t, h), Δ per coordinate and data-dependent        1
-zoh           e^{Δa} h + (e^{Δa} − 1)/a · b   for F = a⊙h + b (b held)   exact
-euler_b       e^{Δa} h + Δ b                  (Mamba's discretization)    1
-hopf_cole     h + 2Δ p  for H = |p|² (exact: ṗ = 0); values and Gibbs      exact
+============  ==========================================================  ========  ======
+name          update                                                      needs     order
+============  ==========================================================  ========  ======
+euler         h + Δ F(t, h)                                               velocity  1
+gated_euler   h + Δ ⊙ F(t, h), Δ per coordinate and data-dependent        velocity  1
+zoh           e^{Δa} h + Δ φ₁(Δa) b   for F = a⊙h + b (b held)           affine    exact
+euler_b       e^{Δa} h + Δ b          (Mamba's discretization)            affine    1
+hopf_cole     h + 2Δ p  for H = |p|² (exact: ṗ = 0); values and Gibbs      quadratic exact
               weights by the Hopf–Cole closed form (``hjseq.hopf``)
-============  ==========================================================  ======
+============  ==========================================================  ========  ======
+
+For an affine field every scheme but ``hopf_cole`` is a linear map
+``h ← Ā h + s b`` (:meth:`Scheme.discrete_affine` gives ``(Ā, s)``); the engine's fused
+paths (``linear_scan``, ``ssd``) run any affine Hamiltonian under any of these schemes
+from that one method, so a new scheme is one entry here and works for every Hamiltonian
+of the structure it needs.
 
 ``zoh`` and ``euler_b`` agree to O(Δ²) per step: both multiply h by e^{Δa}; the input terms
-``(e^{Δa} − 1)/a·b`` and ``Δ b`` differ by ``Δ² a b / 2 + O(Δ³)``.
+``Δ φ₁(Δa) b`` and ``Δ b`` differ by ``Δ² a b / 2 + O(Δ³)``.
 """
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import Tensor
 
 from . import hopf
-from .hamiltonians import Quadratic
-from .spec import Drive, Hamiltonian
+from .exponential import phi1
+
+if TYPE_CHECKING:  # the spec module imports this one; Hamiltonians are duck-typed here
+    from .spec import Drive, Hamiltonian
 
 Step = Union[float, Tensor]
 
 
 class Scheme:
-    """One fixed-step scheme. Subclasses set ``name``, ``order`` and define :meth:`step`."""
+    """One fixed-step scheme. Subclasses set ``name``, ``order``, ``needs`` and define
+    :meth:`step` (and :meth:`discrete_affine` when they are linear maps on affine fields)."""
 
     name: str = ""
     order: float = 1
+    needs: str = "velocity"
 
-    def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
-             drive: Drive) -> Tensor:
+    def check(self, hamiltonian: "Hamiltonian") -> None:
+        """Raise if ``hamiltonian`` does not declare the structure this scheme needs."""
+        have = type(hamiltonian).structures()
+        if self.needs not in have:
+            hint = {"affine": "define affine(t, drive) -> (a, b) with F = a⊙h + b (a subclass "
+                              "that changes velocity must restate affine)",
+                    "quadratic": "hopf_cole is exact only for H = |p|² (hamiltonians.Quadratic)",
+                    "velocity": "define velocity(t, h, drive) -> ḣ"}[self.needs]
+            usable = sorted(n for n, s in SCHEMES.items() if s.needs in have)
+            raise ValueError(f"scheme {self.name!r} needs a Hamiltonian that declares "
+                             f"{self.needs!r}; {type(hamiltonian).__name__} declares "
+                             f"{sorted(have) or 'nothing'}: {hint}, or use one of {usable}")
+
+    def step(self, hamiltonian: "Hamiltonian", dt: Step, t: float, h: Tensor,
+             drive: "Drive") -> Tensor:
         """Advance ``h`` (B, S) over one step ``dt`` of ``ḣ = ∂H/∂p``; returns (B, S)."""
         raise NotImplementedError
+
+    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
+        """``(Ā, s)`` with the step on ``F = a⊙h + b`` equal to ``Ā ⊙ h + s ⊙ b``."""
+        raise NotImplementedError(f"scheme {self.name!r} is not a linear map on affine fields")
+
+    def log_decay(self, a: Tensor, dt: Step) -> Tensor:
+        """``log Ā`` (the fused ``ssd`` path takes the decay in log form)."""
+        return torch.log(self.discrete_affine(a, dt)[0])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order})"
 
 
 class Euler(Scheme):
-    """Forward Euler ``h + Δ F(t, h)``."""
+    """Forward Euler ``h + Δ F(t, h)``; on an affine field ``(1 + Δa) h + Δ b``."""
 
     name, order = "euler", 1
 
-    def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
-             drive: Drive) -> Tensor:
+    def step(self, hamiltonian: "Hamiltonian", dt: Step, t: float, h: Tensor,
+             drive: "Drive") -> Tensor:
         return h + dt * hamiltonian.velocity(t, h, drive)
+
+    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
+        return 1 + dt * a, dt * torch.ones_like(a)
 
 
 class GatedEuler(Euler):
     """Euler with a per-coordinate, data-dependent step ``Δ`` (B, S): ``h + Δ ⊙ F(t, h)``.
-    Identical arithmetic to Euler; the step rule (``GateStep``) supplies the tensor Δ."""
+    Identical arithmetic to Euler; the step rule (``GateStep``/``DriveStep``) supplies Δ."""
 
     name = "gated_euler"
 
-    def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
-             drive: Drive) -> Tensor:
+    def step(self, hamiltonian: "Hamiltonian", dt: Step, t: float, h: Tensor,
+             drive: "Drive") -> Tensor:
         if isinstance(dt, Tensor) and not _broadcasts_to(dt.shape, h.shape):
             raise ValueError(f"gated_euler: the step Δ {tuple(dt.shape)} must broadcast to the "
                              f"state {tuple(h.shape)}")
@@ -79,38 +114,35 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
         return False
 
 
-def _expm1_over(a: Tensor, dt: Step) -> Tensor:
-    """``(e^{Δa} − 1)/a`` with its limit ``Δ`` where a = 0."""
-    dA = dt * a
-    zero = a == 0
-    safe = torch.where(zero, torch.ones_like(a), a)
-    full = torch.expm1(dA) / safe
-    dt_t = dt if isinstance(dt, Tensor) else torch.tensor(dt, dtype=a.dtype, device=a.device)
-    return torch.where(zero, dt_t.to(full.dtype), full)
-
-
 class ZOH(Scheme):
     """Zero-order hold: the exact flow of the linear field ``F = a⊙h + b`` with the input
-    held over the step, ``h ← e^{Δa} h + (e^{Δa} − 1)/a · b``. Needs ``hamiltonian.affine``."""
+    held over the step, ``h ← e^{Δa} h + Δ φ₁(Δa) b``. Needs ``hamiltonian.affine``."""
 
-    name, order = "zoh", math.inf
+    name, order, needs = "zoh", math.inf, "affine"
 
-    def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
-             drive: Drive) -> Tensor:
+    def step(self, hamiltonian: "Hamiltonian", dt: Step, t: float, h: Tensor,
+             drive: "Drive") -> Tensor:
         a, b = hamiltonian.affine(t, drive)
-        return torch.exp(dt * a) * h + _expm1_over(a, dt) * b
+        decay, scale = self.discrete_affine(a, dt)
+        return decay * h + scale * b
+
+    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
+        dA = dt * a
+        return torch.exp(dA), dt * phi1(dA)
+
+    def log_decay(self, a: Tensor, dt: Step) -> Tensor:
+        return dt * a
 
 
-class EulerB(Scheme):
+class EulerB(ZOH):
     """Mamba's discretization: ``Ā = e^{Δa}`` (exact on the homogeneous part), ``B̄ = Δ b``:
     ``h ← e^{Δa} h + Δ b``. First order; needs ``hamiltonian.affine``."""
 
     name, order = "euler_b", 1
 
-    def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
-             drive: Drive) -> Tensor:
-        a, b = hamiltonian.affine(t, drive)
-        return torch.exp(dt * a) * h + dt * b
+    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
+        dA = dt * a
+        return torch.exp(dA), dt * torch.ones_like(dA)
 
 
 class HopfCole(Scheme):
@@ -119,18 +151,15 @@ class HopfCole(Scheme):
     attribution weights come from the discrete Hopf–Cole formula over atoms ``(y, g)``
     (``hjseq.hopf``): :meth:`value` is ``u_ε(x, t)``, :meth:`weights` is ``π_j(x)``."""
 
-    name, order = "hopf_cole", math.inf
+    name, order, needs = "hopf_cole", math.inf, "quadratic"
 
-    def step(self, hamiltonian: Hamiltonian, dt: Step, t: float, h: Tensor,
-             drive: Drive) -> Tensor:
-        if not isinstance(hamiltonian, Quadratic):
-            raise TypeError("hopf_cole is exact only for H = |p|² (hamiltonians.Quadratic), got "
-                            f"{type(hamiltonian).__name__}; use euler/zoh for other Hamiltonians")
+    def step(self, hamiltonian: "Hamiltonian", dt: Step, t: float, h: Tensor,
+             drive: "Drive") -> Tensor:
         return h + 2 * dt * drive["p"]
 
     @staticmethod
     def value(x: Tensor, y: Tensor, g: Tensor, t: float, eps: float) -> Tensor:
-        """``u_ε(x, t) = −ε log Σ_j exp(−(g_j + |x − y_j|²/(4t))/ε)`` (ε = 0: Hopf–Lax). (...)"""
+        """``u_ε(x, t) = −ε log Σ_j exp(−(g_j + |x − y_j|²/(4t))/ε)`` (ε = 0: Hopf–Lax)."""
         return hopf.hopf_cole(x, y, g, t, eps)
 
     @staticmethod
@@ -147,16 +176,25 @@ def get_scheme(name: str) -> Scheme:
     """The scheme registered under ``name``; a clear error listing the names otherwise."""
     try:
         return SCHEMES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {name!r}") from None
+
+
+def schemes_for(hamiltonian_cls: type) -> list[str]:
+    """The scheme names a Hamiltonian class can take (derived from its declarations)."""
+    have = hamiltonian_cls.structures()
+    return sorted(n for n, s in SCHEMES.items() if s.needs in have)
 
 
 def register_scheme(scheme: Scheme) -> None:
     """Add a scheme to :data:`SCHEMES` under ``scheme.name``."""
     if not scheme.name:
         raise ValueError("register_scheme: the scheme needs a non-empty .name")
+    if scheme.needs not in ("velocity", "affine", "head_affine", "quadratic"):
+        raise ValueError(f"register_scheme: needs must be 'velocity', 'affine', 'head_affine' "
+                         f"or 'quadratic', got {scheme.needs!r}")
     SCHEMES[scheme.name] = scheme
 
 
 __all__ = ["Scheme", "Euler", "GatedEuler", "ZOH", "EulerB", "HopfCole", "SCHEMES",
-           "get_scheme", "register_scheme"]
+           "get_scheme", "schemes_for", "register_scheme"]

@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from hjseq.models.kinds import KindError, canonical_kind, get_kind, known_kinds
+from hjseq.schemes import SCHEMES
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the source file (or ``<dict>``) and key."""
@@ -32,48 +35,14 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {key}: {problem}")
 
 
-# kind -> {option: (accepted types, description)}. ``None`` in the types allows null/absent.
-# Options not listed here are rejected at parse time, before any block is built.
-_RECURRENT_OPTS: dict[str, tuple[tuple[type, ...], str]] = {
-    "hidden_size": ((int,), "state size (default d_model); projected back to d_model"),
-    "bias": ((bool,), "bias terms in the cell"),
-    "dt": ((float,), "Euler step of the HJ characteristic flow (1.0 = the torch cell)"),
-    "eps": ((float,), "viscosity: noise sqrt(2 eps dt) on the state while training"),
-    "backend": ((str,), "scan backend: auto | ref | cpu | triton | cuda"),
-}
-BLOCK_KINDS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
-    "mamba": {
-        "d_state": ((int,), "SSM state size N"),
-        "d_conv": ((int,), "causal depthwise conv width"),
-        "expand": ((int, float), "inner width = expand * d_model"),
-        "dt_rank": ((int, str), "rank of the time-step projection, or 'auto'"),
-        "scheme": ((str,), "discretization: 'euler_b' (Mamba's) or 'zoh'"),
-        "conv_bias": ((bool,), "bias in the causal conv"),
-        "bias": ((bool,), "bias in in_proj/out_proj"),
-        "dt_min": ((float,), "time-step init range, lower end"),
-        "dt_max": ((float,), "time-step init range, upper end"),
-        "backend": ((str,), "selective-scan backend"),
-    },
-    "rnn": dict(_RECURRENT_OPTS),
-    "gru": dict(_RECURRENT_OPTS),
-    "lstm": dict(_RECURRENT_OPTS),
-    "attention": {
-        "n_heads": ((int,), "number of heads (must divide d_model)"),
-        "eps": ((float, type(None)), "temperature; default sqrt(d_head) = softmax attention"),
-        "bias": ((bool,), "biases in the q/k/v/out projections"),
-    },
-    "lse": {
-        "n_units": ((int,), "number of LSE units (default 2 * d_model)"),
-        "n_atoms": ((int,), "atoms per unit (default 4)"),
-        "eps": ((float,), "temperature (viscosity); 0 = tropical max"),
-    },
-}
-BLOCK_ALIASES = {"ssm": "mamba"}
+# Block kinds (their names, options and builders) live in one registry,
+# ``hjseq.models.kinds``; hjseq's own are registered in ``hjseq.catalog``.
 
 
 @dataclass
 class BlockSpec:
-    """One residual block: its kind (a key of :data:`BLOCK_KINDS`) and its options."""
+    """One residual block: its kind (a registered name, see :mod:`hjseq.models.kinds`, or
+    ``"package.module:ClassName"``) and its options."""
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -252,17 +221,18 @@ def _parse_block(raw: Any, source: str, key: str, d_model: int) -> tuple[BlockSp
                                        f"got {type(raw).__name__}")
     raw = dict(raw)
     if "kind" not in raw:
-        raise ConfigError(source, f"{key}.kind",
-                          f"missing; one of {', '.join(sorted([*BLOCK_KINDS, *BLOCK_ALIASES]))}")
+        raise ConfigError(source, f"{key}.kind", f"missing; one of {', '.join(known_kinds())}, "
+                          "or 'package.module:ClassName'")
     kind = raw.pop("kind")
-    if not isinstance(kind, str) or BLOCK_ALIASES.get(kind, kind) not in BLOCK_KINDS:
-        raise ConfigError(source, f"{key}.kind", f"unknown block kind {kind!r}; one of "
-                          f"{', '.join(sorted([*BLOCK_KINDS, *BLOCK_ALIASES]))}")
-    kind = BLOCK_ALIASES.get(kind, kind)
+    try:
+        entry = get_kind(kind)
+    except KindError as e:
+        raise ConfigError(source, f"{key}.kind", str(e)) from None
+    kind = canonical_kind(kind)
     n = _check_type(raw.pop("repeat", 1), (int,), source, f"{key}.repeat")
     if n < 1:
         raise ConfigError(source, f"{key}.repeat", f"must be >= 1, got {n}")
-    schema = BLOCK_KINDS[kind]
+    schema = entry.options
     options: dict[str, Any] = {}
     for opt, value in raw.items():
         if opt not in schema:
@@ -283,10 +253,10 @@ def _check_block_values(kind: str, o: dict[str, Any], source: str, key: str, d_m
         positive(name)
     if "eps" in o and o["eps"] is not None and o["eps"] < 0:
         raise ConfigError(source, f"{key}.eps", f"must be >= 0, got {o['eps']}")
+    if "scheme" in o and o["scheme"] not in SCHEMES:
+        raise ConfigError(source, f"{key}.scheme",
+                          f"unknown scheme {o['scheme']!r}; one of {', '.join(sorted(SCHEMES))}")
     if kind == "mamba":
-        if o.get("scheme", "euler_b") not in ("euler_b", "zoh"):
-            raise ConfigError(source, f"{key}.scheme",
-                              f"unknown scheme {o['scheme']!r}; one of euler_b, zoh")
         if isinstance(o.get("dt_rank"), str) and o["dt_rank"] != "auto":
             raise ConfigError(source, f"{key}.dt_rank", "an int or 'auto'")
     if kind == "attention":

@@ -14,7 +14,6 @@ token. Recurrent blocks carry an O(1) state, attention a KV cache, the LSE MLP n
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hjseq.models.config import BlockSpec, ConfigError, ModelConfig, load_config
+from hjseq.models.kinds import KindError, get_kind
 from hjseq.nn.attention import HJAttention
 
 State = list[Any]  # one entry per block; None = "before the first token"
@@ -146,38 +146,14 @@ def _step_block(block: nn.Module, x_t: Tensor, state: Any) -> tuple[Tensor, Any]
     return block.step(x_t, state)
 
 
-def _filter_kwargs(cls: type, kind: str, options: dict[str, Any]) -> dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return options
-    for name in options:
-        if name not in params:
-            raise ConfigError("<model>", f"{kind}.{name}",
-                              f"{cls.__name__} has no option {name!r} in this version of hjseq")
-    return options
-
-
 def build_mixer(spec: BlockSpec, d_model: int) -> nn.Module:
-    """The mixer module for one block spec (see :data:`hjseq.models.config.BLOCK_KINDS`)."""
-    o = dict(spec.options)
-    if spec.kind == "lse":
-        return LSEMLP(d_model, o.get("n_units"), o.get("n_atoms", 4), o.get("eps", 1.0))
-    if spec.kind == "mamba":
-        from hjseq.nn import HJMamba
-
-        return HJMamba(d_model, **_filter_kwargs(HJMamba, "mamba", o))
-    if spec.kind in ("rnn", "gru", "lstm"):
-        import hjseq.nn as hnn
-
-        cls = {"rnn": hnn.HJRNN, "gru": hnn.HJGRU, "lstm": hnn.HJLSTM}[spec.kind]
-        hidden = o.pop("hidden_size", d_model)
-        cell = cls(d_model, hidden, **_filter_kwargs(cls, spec.kind, o))
-        return RecurrentMixer(cell, hidden, d_model)
-    if spec.kind == "attention":
-        heads = o.pop("n_heads", max(1, d_model // 64))
-        return AttentionMixer(d_model, heads, causal=True,
-                              **_filter_kwargs(HJAttention, "attention", o))
-    raise ConfigError("<model>", "kind", f"unknown block kind {spec.kind!r}")
+    """The mixer module for one block spec, built by its registered kind
+    (:mod:`hjseq.models.kinds`; hjseq's own kinds are in :mod:`hjseq.catalog`)."""
+    try:
+        kind = get_kind(spec.kind)
+    except KindError as e:
+        raise ConfigError("<model>", "kind", str(e)) from None
+    return kind.build(d_model, dict(spec.options))
 
 
 class Block(nn.Module):

@@ -2,9 +2,17 @@
 input/state validation, and the shared pieces of the torch-compatible cells (init,
 ``from_torch``, the ``recurrent_scan`` kernel).
 
-A block subclass sets ``self.spec`` (an :class:`~hjseq.spec.HJSpec`), ``state_names`` and
-:meth:`state_shapes`, and overrides the engine hooks it needs (``prepare``, ``token_drive``,
-``flow_state``, ``readout``, ``finish``; see :mod:`hjseq.engine`).
+A block subclass sets ``self.spec`` (an :class:`~hjseq.spec.HJSpec`, registered as a
+submodule), ``input_size``, ``state_names`` and :meth:`state_shapes`, defines
+:meth:`prepare`, and overrides the other engine hooks it needs (``token_drive``,
+``flow_state``, ``replace_flow``, ``readout``, ``finish``; see :mod:`hjseq.engine`).
+
+Which kernel runs follows from what the spec declares (:func:`hjseq.engine.fused_path`):
+a closed-form kernel only for the exact (Hamiltonian, scheme, block) it was written for;
+the fused ``linear_scan`` path for an ``affine`` Hamiltonian, the chunked ``ssd`` path for
+a ``head_affine`` one with ``linear_readout``; the reference loop otherwise. The fused
+paths need a tokenwise block (``state_free_tokens``): its drive and readout read nothing
+of the state but the flow part, and its step rule does not read h.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from torch import Tensor, nn
 
 from .. import engine
 from ..ops._registry import BackendUnavailable
-from ..spec import HJSpec, check_viscosity
+from ..spec import HJSpec, check_viscosity, expand_groups
 
 State = Union[Tensor, tuple[Tensor, ...]]
 
@@ -28,8 +36,12 @@ class RecurrentBlock(nn.Module):
 
     Subclass contract: ``spec`` (HJSpec), ``input_size`` (int), ``state_names`` (tuple of
     names; a single name means the state is one tensor, otherwise a tuple), ``state_shapes()``
-    (per-sample shapes), ``backend`` ("auto" | "ref" | "loop" | a named backend),
-    ``check_finite`` (bool: check parameters and inputs for NaN/inf on every call).
+    (per-sample shapes), ``prepare()``, ``backend`` (one of
+    :data:`hjseq.engine.BLOCK_BACKENDS`, checked when set), ``check_finite`` (bool: check
+    parameters and inputs for NaN/inf on every call), ``batch_first`` (x is (B, L, I) when
+    True, (L, B, I) otherwise), ``linear_readout`` (the drive key C of a readout that is
+    exactly ``y = S·C``; enables the ``ssd`` path), ``state_free_tokens`` (see the module
+    docstring; None derives it from which hooks the class overrides).
     """
 
     spec: HJSpec
@@ -37,13 +49,21 @@ class RecurrentBlock(nn.Module):
     state_names: tuple[str, ...] = ("h",)
     backend: str = "auto"
     check_finite: bool = False
+    batch_first: bool = True
+    linear_readout: str | None = None
+    state_free_tokens: bool | None = None
 
     # ------------------------------------------------------------------ public API
     def forward(self, x: Tensor, initial_state: State | None = None,
                 return_final_state: bool = False) -> Union[Tensor, tuple[Tensor, State]]:
-        """x (B, L, I) -> out (B, L, ·), and the final state if ``return_final_state``.
-        ``initial_state``: same format as the final state (zeros if None)."""
+        """x (B, L, I) -> out (B, L, ·) ((L, B, ·) when ``batch_first`` is False), and the
+        final state if ``return_final_state``. ``initial_state``: same format as the final
+        state (zeros if None)."""
+        if not self.batch_first:
+            x = _seq_first(self, x)
         out, final, _ = engine.run(self, x, initial_state)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
         return (out, final) if return_final_state else out
 
     def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
@@ -52,14 +72,21 @@ class RecurrentBlock(nn.Module):
 
     def trajectory(self, x: Tensor, initial_state: State | None = None) -> tuple[Tensor, Tensor]:
         """``(out, states)``: outputs and the flow-state trajectory (B, L+1, *F) (reference
-        loop; with noise in training mode when ε > 0)."""
+        loop; with noise in training mode when ε > 0). x is always (B, L, I)."""
         out, _, states = engine.run(self, x, initial_state, return_states=True)
         return out, states
 
     def characteristics(self, x: Tensor, initial_state: State | None = None
                         ) -> engine.Characteristics:
-        """The characteristics view for the solver; see :mod:`hjseq.engine`."""
+        """The characteristics view for the solver (x (B, L, I)); see :mod:`hjseq.engine`."""
         return engine.characteristics(self, x, initial_state)
+
+    def fused_path(self) -> str:
+        """Which path ``forward`` takes under this block's spec: "closed_form", "ssd",
+        "linear_scan" or "loop" (see :func:`hjseq.engine.fused_path`)."""
+        if self.backend == "loop":
+            return "loop"
+        return engine.fused_path(self, noisy=self.training and self.spec.stochastic)
 
     def zero_state(self, x: Tensor) -> State:
         """The zero state for the batch of x (B, L, I) (dtype/device of x)."""
@@ -80,7 +107,9 @@ class RecurrentBlock(nn.Module):
 
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """Per-sample shape of each state part (in ``state_names`` order)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must define state_shapes() -> a tuple with one per-sample "
+            f"shape per name in state_names {self.state_names}, e.g. ((hidden_size,),)")
 
     def state_dtypes(self, dtype: torch.dtype) -> tuple[torch.dtype, ...]:
         """dtype of each state part for inputs of ``dtype`` (default: all the input's)."""
@@ -99,15 +128,14 @@ class RecurrentBlock(nn.Module):
 
     @eps.setter
     def eps(self, value: Any) -> None:
-        value = check_viscosity(value)
-        if isinstance(value, nn.Parameter):  # a learnable ε: register it so it trains
-            self.viscosity = value
-        self.spec.viscosity = value
+        self.spec.viscosity = value  # a Parameter/tensor is registered in the spec (trains)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "backend":
+            value = engine.check_backend(value, f"{type(self).__name__}: backend")
+        super().__setattr__(name, value)
 
     def _set_backend(self, backend: str) -> None:
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string ('auto', 'ref', 'loop', ...), got "
-                            f"{type(backend).__name__}")
         self.backend = backend
 
     # ------------------------------------------------------------------ validation
@@ -120,8 +148,9 @@ class RecurrentBlock(nn.Module):
             raise TypeError(f"{self._where()}: x must be a Tensor (B, L, {self.input_size}), "
                             f"got {type(x).__name__}")
         if x.dim() != 3:
-            raise ValueError(f"{self._where()}: x must have rank 3 (B, L, {self.input_size}) "
-                             f"(batch_first), got shape {tuple(x.shape)}")
+            layout = "(B, L, I)" if self.batch_first else "(L, B, I) (batch_first=False)"
+            raise ValueError(f"{self._where()}: x must have rank 3 {layout} with "
+                             f"I = {self.input_size}, got shape {tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"{self._where()}: x must be (B, L, {self.input_size}) — last axis "
                              f"is the input size — got shape {tuple(x.shape)}")
@@ -174,7 +203,13 @@ class RecurrentBlock(nn.Module):
     # ------------------------------------------------------------------ engine hooks
     def prepare(self, x: Tensor, state: State) -> tuple[dict[str, Tensor], dict[str, Tensor],
                                                          State]:
-        raise NotImplementedError
+        """x (B, L, I) -> ``(seq, const, state)``: per-token drive tensors seq[name]
+        (B, L, ·) for the whole sequence, held tensors const[name] (weights), and the state
+        after any input-side update. Every key the Hamiltonian reads must be in one of them."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define prepare(x, state) -> (seq, const, state): "
+            "seq = per-token drive tensors {name: (B, L, ·)}, const = held tensors {name: "
+            "tensor}, and the state after any input-side update (usually unchanged)")
 
     def token_drive(self, drive: dict[str, Tensor], state: State) -> dict[str, Tensor]:
         return drive
@@ -182,17 +217,44 @@ class RecurrentBlock(nn.Module):
     def flow_state(self, state: State) -> Tensor:
         return state
 
+    def replace_flow(self, state: State, h: Tensor) -> State:
+        """The state with its flow part replaced by h (a single-tensor state is h)."""
+        if isinstance(state, Tensor) or state is None:
+            return h
+        raise NotImplementedError(
+            f"{type(self).__name__} has a tuple state {self.state_names}: define "
+            "replace_flow(state, h) -> the state with its flow part replaced by h")
+
     def readout(self, h: Tensor, drive: dict[str, Tensor], state: State) -> tuple[Tensor, State]:
-        return h, h
+        """``(y_k, state_{k+1})`` from the flow state h after token k. Default: y = h, or,
+        with ``linear_readout = key``, ``y = S·C`` (S (B, H, P, N), C = drive[key] (B, G, N))."""
+        if self.linear_readout is not None:
+            C = expand_groups(drive[self.linear_readout], h.shape[-3])
+            return torch.einsum("...hpn,...hn->...hp", h, C.to(h.dtype)), \
+                self.replace_flow(state, h)
+        return h, self.replace_flow(state, h)
 
     def finish(self, ys: Tensor, seq: dict[str, Tensor]) -> Tensor:
         return ys
 
 
+def _seq_first(block: RecurrentBlock, x: Tensor) -> Tensor:
+    """(L, B, I) -> (B, L, I) for a ``batch_first=False`` block (rank checked first)."""
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        block.check_input(x)  # raises, naming the layout
+    return x.transpose(0, 1)
+
+
 class TorchCell(RecurrentBlock):
     """Shared body of HJRNN/HJGRU/HJLSTM: torch's parameters (names, gate order, init) and
     ``from_torch``. Subclasses set ``GATES`` (G), ``CELL`` (recurrent_scan cell name) and
-    ``TORCH`` (the torch module class), and build ``self.spec`` in ``_make_spec``."""
+    ``TORCH`` (the torch module class), and build ``self.spec`` in ``_make_spec``.
+
+    ``torch_api=True`` (what ``from_torch`` gives) makes ``forward`` take and return exactly
+    what the torch module does: ``forward(input, hx=None) -> (output, h_n)`` (LSTM:
+    ``(output, (h_n, c_n))``), states (1, B, H), unbatched (L, I) input accepted, in the
+    module's ``batch_first`` layout — a drop-in replacement. ``step`` keeps hjseq's
+    (B, I) / (B, H) convention either way."""
 
     GATES: int = 1
     CELL: str = ""
@@ -200,8 +262,10 @@ class TorchCell(RecurrentBlock):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dt: float = 1.0,
                  eps: float = 0.0, backend: str = "auto", check_finite: bool = False,
-                 device: Any = None, dtype: torch.dtype | None = None) -> None:
+                 batch_first: bool = True, torch_api: bool = False, device: Any = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.batch_first, self.torch_api = bool(batch_first), bool(torch_api)
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -234,7 +298,46 @@ class TorchCell(RecurrentBlock):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, dt={self.dt}, "
-                f"eps={self.eps}, scheme={self.spec.scheme!r}, backend={self.backend!r}")
+                f"eps={self.eps}, scheme={self.spec.scheme!r}, backend={self.backend!r}"
+                + ("" if self.batch_first else ", batch_first=False")
+                + (", torch_api=True" if self.torch_api else ""))
+
+    def forward(self, x: Tensor, initial_state: State | None = None,
+                return_final_state: bool = False) -> Union[Tensor, tuple[Tensor, State]]:
+        if self.torch_api:
+            return self._torch_forward(x, initial_state)
+        return super().forward(x, initial_state, return_final_state)
+
+    def _torch_forward(self, x: Tensor, hx: Any) -> tuple[Tensor, Any]:
+        """torch.nn.{RNN,GRU,LSTM}'s call: input (L, B, I)/(B, L, I)/(L, I), hx (1, B, H)."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or x.dim() not in (2, 3):
+            raise ValueError(f"{name}: input must be (L, B, I), (B, L, I) with batch_first, "
+                             f"or unbatched (L, I), got {engine._shape(x)}")
+        unbatched = x.dim() == 2
+        xb = x.unsqueeze(0) if unbatched else (x if self.batch_first else x.transpose(0, 1))
+        lstm = len(self.state_names) == 2
+        state = None
+        if hx is not None:
+            parts = hx if lstm else (hx,)
+            if lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise ValueError(f"{name}: hx must be a tuple (h_0, c_0), got "
+                                 f"{type(hx).__name__}")
+            want = (1, self.hidden_size) if unbatched else (1, xb.shape[0], self.hidden_size)
+            for part_name, t in zip(("h_0", "c_0"), parts):
+                if not isinstance(t, Tensor) or tuple(t.shape) != want:
+                    raise ValueError(f"{name}: {part_name} must have shape {want} "
+                                     f"(num_layers=1, batch, hidden), got {engine._shape(t)}")
+            squeezed = tuple(t.reshape(xb.shape[0], self.hidden_size) for t in parts)
+            state = squeezed if lstm else squeezed[0]
+        out, final, _ = engine.run(self, xb, state)
+        if unbatched:
+            out = out[0]
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        shape = (1, self.hidden_size) if unbatched else (1, xb.shape[0], self.hidden_size)
+        finals = tuple(t.reshape(shape) for t in (final if lstm else (final,)))
+        return out, (finals if lstm else finals[0])
 
     def _const(self) -> dict[str, Tensor]:
         c = {"weight_hh": self.weight_hh}
@@ -249,10 +352,13 @@ class TorchCell(RecurrentBlock):
 
     @classmethod
     def from_torch(cls, module: nn.Module, dt: float = 1.0, eps: float = 0.0,
-                   backend: str = "auto") -> "TorchCell":
-        """Copy a one-layer, unidirectional ``torch.nn.{RNN,GRU,LSTM}`` (either
-        ``batch_first``; hjseq blocks are always batch_first). At ``dt=1, eps=0`` the block
-        reproduces the module's outputs and final states (``h_n[0]``, ``c_n[0]``)."""
+                   backend: str = "auto", torch_api: bool = True) -> "TorchCell":
+        """Copy a one-layer, unidirectional ``torch.nn.{RNN,GRU,LSTM}`` into a drop-in
+        replacement: the module's ``batch_first`` layout and, with ``torch_api=True`` (the
+        default), its call ``block(input, hx) -> (output, h_n)`` (LSTM ``(output, (h_n,
+        c_n))``) with states (1, B, H). At ``dt=1, eps=0`` outputs and final states equal
+        the module's. ``torch_api=False`` gives hjseq's ``forward(x, initial_state,
+        return_final_state)`` with (B, H) states, in the same layout."""
         name = cls.TORCH.__name__
         if not isinstance(module, cls.TORCH):
             raise TypeError(f"{cls.__name__}.from_torch: module must be a torch.nn.{name}, got "
@@ -271,7 +377,8 @@ class TorchCell(RecurrentBlock):
                              f"{module.nonlinearity!r} is not supported; use 'tanh'")
         w = module.weight_ih_l0
         block = cls(module.input_size, module.hidden_size, bias=module.bias, dt=dt, eps=eps,
-                    backend=backend, device=w.device, dtype=w.dtype)
+                    backend=backend, batch_first=module.batch_first, torch_api=torch_api,
+                    device=w.device, dtype=w.dtype)
         with torch.no_grad():
             for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 if getattr(block, p) is not None:
@@ -280,7 +387,8 @@ class TorchCell(RecurrentBlock):
 
 
 def recurrent_scan_kernel(cell: str) -> engine.Kernel:
-    """Engine kernel running a :class:`TorchCell` through the fused
+    """Closed-form engine kernel running exactly HJRNN/HJGRU/HJLSTM (their own Hamiltonian
+    and scheme; registered in :mod:`hjseq.catalog`) through the fused
     ``hjseq.ops.recurrent_scan`` op (declines while that op is not installed)."""
 
     def kernel(block: TorchCell, x: Tensor, state: State, noise: Tensor | None,

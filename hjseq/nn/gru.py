@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..engine import register_kernel
 from ..hamiltonians import GRU
 from ..spec import GateStep, HJSpec
-from .base import TorchCell, recurrent_scan_kernel
+from .base import TorchCell
 
 
 class HJGRU(TorchCell):
@@ -32,5 +31,3 @@ class HJGRU(TorchCell):
         return HJSpec(ham, viscosity=eps, step=GateStep(ham.update_gate, dt),
                       scheme="gated_euler")
 
-
-register_kernel(GRU, "gated_euler", recurrent_scan_kernel(HJGRU.CELL))

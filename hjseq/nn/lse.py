@@ -2,7 +2,7 @@
 
     f_ε(x) = ε log Σ_j exp((W_j·x + b_j)/ε),           j = 1..N atoms
 
-With atoms ``y_j = 2t W_j``, ``g_j = −b_j − t|W_j|²`` (the inverse of DESIGN's map
+With atoms ``y_j = 2t W_j``, ``g_j = −b_j − t|W_j|²`` (the inverse of the map
 ``W_j = y_j/(2t)``, ``b_j = −g_j − |y_j|²/(4t)``) the layer satisfies, for every t > 0,
 
     f_ε(x) + u_ε(x, t) = |x|²/(4t),   u_ε = −ε log Σ_j exp(−(g_j + |x − y_j|²/(4t))/ε),

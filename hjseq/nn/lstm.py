@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine import register_kernel
 from ..hamiltonians import LSTM
 from ..spec import ConstantStep, HJSpec
-from .base import State, TorchCell, recurrent_scan_kernel
+from .base import State, TorchCell
 
 
 class HJLSTM(TorchCell):
@@ -46,5 +45,3 @@ class HJLSTM(TorchCell):
         h = drive["o"] * torch.tanh(c)
         return h, (h, c)
 
-
-register_kernel(LSTM, "euler", recurrent_scan_kernel(HJLSTM.CELL))

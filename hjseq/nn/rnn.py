@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..engine import register_kernel
 from ..hamiltonians import ElmanRNN
 from ..spec import ConstantStep, HJSpec
-from .base import TorchCell, recurrent_scan_kernel
+from .base import TorchCell
 
 
 class HJRNN(TorchCell):
@@ -28,5 +27,3 @@ class HJRNN(TorchCell):
     def _make_spec(self, dt: float, eps: float) -> HJSpec:
         return HJSpec(ElmanRNN(), viscosity=eps, step=ConstantStep(dt), scheme="euler")
 
-
-register_kernel(ElmanRNN, "euler", recurrent_scan_kernel(HJRNN.CELL))

@@ -30,25 +30,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine import register_kernel
 from ..hamiltonians import LinearSSM
 from ..ops import causal_conv1d, selective_scan
+from ..ops._dtypes import accumulation_dtype
+from ..schemes import schemes_for
 from ..spec import HJSpec, SoftplusStep
 from .base import RecurrentBlock, State
-from hjseq.ops._dtypes import accumulation_dtype
-
-_OP_BACKENDS = ("auto", "ref", "cpu", "triton", "cuda", "mamba", "loop")
-
 
 
 class HJMamba(RecurrentBlock):
     """Mamba block, ``batch_first``: x (B, L, d_model) -> (B, L, d_model).
 
-    Arguments as ``mamba_ssm``'s ``Mamba`` plus ``scheme`` ("euler_b" — Mamba's — or "zoh"),
-    ``backend`` ("auto" | "ref" | "cpu" | "triton" | "cuda" | "mamba" for the ops, or "loop"
+    Arguments as ``mamba_ssm``'s ``Mamba`` plus ``scheme`` ("euler_b" — Mamba's — "zoh",
+    or any other scheme ``LinearSSM`` takes: those run the engine's fused ``linear_scan``
+    path), ``backend`` (one of ``hjseq.engine.BLOCK_BACKENDS``: an op backend, or "loop"
     for the engine's reference loop over the Hamiltonian) and ``check_finite``."""
 
     state_names = ("conv_state", "ssm_state")
+    state_free_tokens = True  # token_drive casts and folds Δ's bias; readout is tokenwise
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
@@ -61,14 +60,13 @@ class HJMamba(RecurrentBlock):
         for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if scheme not in ("euler_b", "zoh"):
-            raise ValueError(f"scheme must be 'euler_b' (Mamba's) or 'zoh', got {scheme!r}")
+        if scheme not in schemes_for(LinearSSM):
+            raise ValueError(f"scheme must be one of {schemes_for(LinearSSM)} ('euler_b' is "
+                             f"Mamba's), got {scheme!r}")
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if backend not in _OP_BACKENDS:
-            raise ValueError(f"backend must be one of {_OP_BACKENDS}, got {backend!r}")
         kw = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
@@ -167,6 +165,9 @@ class HJMamba(RecurrentBlock):
     def flow_state(self, state: State) -> Tensor:
         return state[1]
 
+    def replace_flow(self, state: State, h: Tensor) -> State:
+        return state[0], h
+
     def readout(self, h: Tensor, drive: dict[str, Tensor], state: State) -> tuple[Tensor, State]:
         y = torch.einsum("bdn,bn->bd", h, drive["C"]) + drive["D"] * drive["u"]
         return y, (state[0], h)
@@ -176,10 +177,11 @@ class HJMamba(RecurrentBlock):
         return self.out_proj((ys * F.silu(z.to(ys.dtype))).to(z.dtype))
 
 
-def _selective_scan_kernel(block: HJMamba, x: Tensor, state: State, noise: Tensor | None,
-                           backend: str) -> tuple[Tensor, State]:
-    """Fused path: HJMamba's drive through ``hjseq.ops.selective_scan`` (noise is never
-    drawn for this block: its viscosity is 0)."""
+def selective_scan_kernel(block: HJMamba, x: Tensor, state: State, noise: Tensor | None,
+                          backend: str) -> tuple[Tensor, State]:
+    """Closed-form kernel of exactly HJMamba with ``LinearSSM`` under ``euler_b``/``zoh``
+    (registered in :mod:`hjseq.catalog`): its drive through ``hjseq.ops.selective_scan``
+    (noise is never drawn for this block: its viscosity is 0)."""
     seq, const, (conv_state, ssm_state) = block.prepare(x, state)
     tr = lambda t: t.transpose(1, 2)  # (B, L, ·) -> (B, ·, L), mamba-ssm's layout
     y, h = selective_scan(tr(seq["u"]), tr(seq["delta"]), const["A"], tr(seq["B"]),
@@ -189,6 +191,3 @@ def _selective_scan_kernel(block: HJMamba, x: Tensor, state: State, noise: Tenso
                           scheme=block.scheme, backend=backend)
     return block.out_proj(tr(y).to(x.dtype)), (conv_state, h)
 
-
-register_kernel(LinearSSM, "euler_b", _selective_scan_kernel)
-register_kernel(LinearSSM, "zoh", _selective_scan_kernel)

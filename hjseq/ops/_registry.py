@@ -30,6 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+BACKEND_NAMES: tuple[str, ...] = ("ref", "native", "cpu", "triton", "cuda", "mamba")
+"""Every backend name an op may register: the one vocabulary of backends. ``"auto"`` picks
+among them; blocks add the engine's ``"loop"`` (``hjseq.engine.BLOCK_BACKENDS``)."""
+
+
 class BackendUnavailable(RuntimeError):
     """Raised by a backend's ``load()`` (or ``resolve``) when it cannot run here."""
 
@@ -79,6 +84,9 @@ _OP_AUTO_ORDER: dict[str, dict[str, tuple[str, ...]]] = {}
 
 
 def register(op: str, name: str, module: str, devices: tuple[str, ...]) -> None:
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"register({op!r}): backend name must be one of {BACKEND_NAMES}, "
+                         f"got {name!r}")
     _BACKENDS.setdefault(op, {})[name] = Backend(op, name, module, tuple(devices))
 
 

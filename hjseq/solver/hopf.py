@@ -1,4 +1,4 @@
-"""Closed forms of ``u_t + |∇u|² = ε Δu`` (paper convention, DESIGN §1).
+"""Closed forms of ``u_t + |∇u|² = ε Δu`` (paper convention).
 
 The discrete-atom formulas are ``hjseq.hopf``'s, re-exported here. This module adds:
 

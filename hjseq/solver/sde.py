@@ -1,6 +1,6 @@
 """Viscosity ε > 0: stochastic characteristics and the Feynman–Kac value.
 
-Stochastic characteristics of a recurrent block (DESIGN §1): ``dh = F(h) dt + √(2ε) dW``,
+Stochastic characteristics of a recurrent block: ``dh = F(h) dt + √(2ε) dW``,
 integrated by Euler–Maruyama with a seeded generator, many paths as one batch.
 
 Feynman–Kac for the block's stochastic characteristics ``dX = F(X) ds + √(2ε) dW``,

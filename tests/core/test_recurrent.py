@@ -16,11 +16,6 @@ PAIRS = [(HJRNN, torch.nn.RNN), (HJGRU, torch.nn.GRU), (HJLSTM, torch.nn.LSTM)]
 IDS = ["rnn", "gru", "lstm"]
 
 
-def _final_of_torch(hn):
-    """torch's (1, B, H) h_n (or (h_n, c_n)) -> hjseq's state format."""
-    return (hn[0][0], hn[1][0]) if isinstance(hn, tuple) else hn[0]
-
-
 def _flat(state):
     return torch.cat([s.reshape(-1) for s in state]) if isinstance(state, tuple) else state.reshape(-1)
 
@@ -30,44 +25,72 @@ def _random_state(cls, B, H):
     return (h, torch.randn(B, H, dtype=f64)) if cls is HJLSTM else h
 
 
-def _to_torch_state(state):
-    return (state[0][None], state[1][None]) if isinstance(state, tuple) else state[None]
+def _torch_state(cls, B, H):
+    """A random hx in torch's format: (1, B, H), or a (h_0, c_0) tuple for the LSTM."""
+    h = torch.randn(1, B, H, dtype=f64)
+    return (h, torch.randn(1, B, H, dtype=f64)) if cls is HJLSTM else h
+
+
+def _tflat(hn):
+    return torch.cat([t.reshape(-1) for t in hn]) if isinstance(hn, tuple) else hn.reshape(-1)
+
+
+def _shapes(hn):
+    return [tuple(t.shape) for t in hn] if isinstance(hn, tuple) else [tuple(hn.shape)]
 
 
 @settings(max_examples=8, deadline=None)
 @given(which=st.integers(0, 2), B=st.integers(1, 3), L=st.integers(1, 6), I=st.integers(1, 5),
        H=st.integers(1, 6), bias=st.booleans(), batch_first=st.booleans(),
        with_state=st.booleans(), backend=st.sampled_from(["loop", "auto"]))
-def test_from_torch_outputs_states_and_gradients(which, B, L, I, H, bias, batch_first, with_state,
-                                                 backend):
+def test_from_torch_is_a_drop_in(which, B, L, I, H, bias, batch_first, with_state, backend):
+    """The exact call the torch module takes, in its own layout: outputs, final states
+    (shape and values) and every gradient equal torch's."""
     cls, tcls = PAIRS[which]
     torch.manual_seed(B * 100 + L * 10 + H)
     ref = tcls(I, H, bias=bias, batch_first=batch_first).to(f64)
     blk = cls.from_torch(ref, backend=backend)
-    x = torch.randn(B, L, I, dtype=f64, requires_grad=True)
-    s0 = _random_state(cls, B, H) if with_state else None
+    x = torch.randn(*((B, L, I) if batch_first else (L, B, I)), dtype=f64, requires_grad=True)
+    hx = _torch_state(cls, B, H) if with_state else None
 
-    out, final = blk(x, initial_state=s0, return_final_state=True)
-    xt = x if batch_first else x.transpose(0, 1)
-    tout, hn = ref(xt, None if s0 is None else _to_torch_state(s0))
-    tout = tout if batch_first else tout.transpose(0, 1)
-    tfinal = _final_of_torch(hn)
+    out, hn = blk(x, hx)
+    tout, thn = ref(x, hx)
+    assert out.shape == tout.shape and _shapes(hn) == _shapes(thn)
     assert (out - tout).abs().max() <= 1e-10
-    assert (_flat(final) - _flat(tfinal)).abs().max() <= 1e-10
+    assert (_tflat(hn) - _tflat(thn)).abs().max() <= 1e-10
 
-    w_out, w_fin = torch.randn_like(out), torch.randn_like(_flat(final))
-    g = torch.autograd.grad((out * w_out).sum() + (_flat(final) * w_fin).sum(),
-                            [x, *[getattr(blk, n) for n in ("weight_ih", "weight_hh")]])
-    tg = torch.autograd.grad((tout * w_out).sum() + (_flat(tfinal) * w_fin).sum(),
-                             [x, ref.weight_ih_l0, ref.weight_hh_l0])
+    w_out, w_fin = torch.randn_like(out), torch.randn_like(_tflat(hn))
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    g = torch.autograd.grad((out * w_out).sum() + (_tflat(hn) * w_fin).sum(),
+                            [x, *[getattr(blk, n) for n in names]])
+    tg = torch.autograd.grad((tout * w_out).sum() + (_tflat(thn) * w_fin).sum(),
+                             [x, *[getattr(ref, n + "_l0") for n in names]])
     for a, b in zip(g, tg):
         assert (a - b).abs().max() <= 1e-10
-    if bias:
-        gb = torch.autograd.grad(((blk(x) * w_out).sum()), [blk.bias_ih, blk.bias_hh])
-        tb = torch.autograd.grad(((ref(xt)[0] if batch_first else ref(xt)[0].transpose(0, 1))
-                                  * w_out).sum(), [ref.bias_ih_l0, ref.bias_hh_l0])
-        for a, b in zip(gb, tb):
-            assert (a - b).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("cls, tcls", PAIRS, ids=IDS)
+def test_from_torch_unbatched_and_hjseq_api(cls, tcls):
+    ref = tcls(3, 4).to(f64)
+    blk = cls.from_torch(ref)
+    x = torch.randn(5, 3, dtype=f64)                      # unbatched (L, I), as torch takes
+    out, hn = blk(x)
+    tout, thn = ref(x)
+    assert out.shape == tout.shape and _shapes(hn) == _shapes(thn)
+    assert (out - tout).abs().max() <= 1e-12 and (_tflat(hn) - _tflat(thn)).abs().max() <= 1e-12
+    # torch_api=False: hjseq's call and (B, H) states, in the module's (L, B, I) layout
+    seq_first = tcls(3, 4, batch_first=False).to(f64)
+    plain = cls.from_torch(seq_first, torch_api=False)
+    xs = torch.randn(6, 2, 3, dtype=f64)
+    y, final = plain(xs, return_final_state=True)
+    ty, thn = seq_first(xs)
+    assert y.shape == ty.shape and (y - ty).abs().max() <= 1e-12
+    ref_final = (thn[0][0], thn[1][0]) if cls is HJLSTM else thn[0]
+    assert (_tflat(final) - _tflat(ref_final)).abs().max() <= 1e-12
+    with pytest.raises(ValueError, match="h_0 must have shape"):
+        blk(torch.randn(2, 5, 3, dtype=f64).transpose(0, 1),
+            torch.randn(2, 4, dtype=f64) if cls is not HJLSTM else
+            (torch.randn(2, 4, dtype=f64), torch.randn(2, 4, dtype=f64)))
 
 
 def _named_backends():
@@ -234,7 +257,9 @@ def test_characteristics_view(cls):
         ch.substep(0, h, 0)
 
 
-def test_engine_kernel_registry_dispatch():
+def test_closed_form_kernel_serves_only_its_exact_computation():
+    """A kernel registered for (Hamiltonian, scheme, block) never runs a subclass of either;
+    a declining kernel falls to the loop under "auto" and raises under a named backend."""
     calls = []
 
     class Marker(HJRNN):
@@ -249,17 +274,23 @@ def test_engine_kernel_registry_dispatch():
         calls.append(backend)
         raise BackendUnavailable("declined for the test")
 
-    engine.register_kernel(MyH, "euler", kernel)
-    blk = Marker(2, 3).to(f64)
-    blk.spec.hamiltonian = MyH()
-    x = torch.randn(1, 2, 2, dtype=f64)
-    out = blk(x)  # "auto": the kernel declines -> the reference loop
-    assert calls == ["auto"] and out.shape == (1, 2, 3)
-    blk.backend = "cpu"
-    with pytest.raises(BackendUnavailable, match="declined"):
-        blk(x)
-    assert engine.find_kernel(MyH(), "euler") is kernel
-    assert engine.find_kernel(ElmanRNN(), "euler") is not kernel
+    engine.register_kernel(MyH, "euler", Marker, kernel)
+    try:
+        blk = Marker(2, 3).to(f64)
+        assert engine.find_kernel(blk) is None and blk.fused_path() == "loop"
+        blk.spec.hamiltonian = MyH()
+        assert engine.find_kernel(blk) is kernel
+        x = torch.randn(1, 2, 2, dtype=f64)
+        out = blk(x)  # "auto": the kernel declines -> the reference loop
+        assert calls == ["auto"] and out.shape == (1, 2, 3)
+        blk.backend = "cpu"
+        with pytest.raises(BackendUnavailable, match="declined"):
+            blk(x)
+        plain = HJRNN(2, 3).to(f64)
+        plain.spec.hamiltonian = MyH()  # the exact block class differs: not this kernel
+        assert engine.find_kernel(plain) is None
+    finally:
+        engine._CLOSED_FORM.pop((MyH, "euler", Marker))
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,7 +1,7 @@
 """Executable definition of the fused nonlinear recurrences (HJRNN / HJGRU / HJLSTM).
 
-Each cell is one explicit Euler step of size Δ = ``dt`` of a characteristic ODE
-(DESIGN §1); at Δ = 1 the update is exactly ``torch.nn.RNN`` (tanh) / ``GRU`` / ``LSTM``.
+Each cell is one explicit Euler step of size Δ = ``dt`` of a characteristic ODE;
+at Δ = 1 the update is exactly ``torch.nn.RNN`` (tanh) / ``GRU`` / ``LSTM``.
 With ``gi = W_ih x_t + b_ih`` and ``gh = W_hh h + b_hh`` (torch gate order: LSTM i,f,g,o;
 GRU r,z,n):
 

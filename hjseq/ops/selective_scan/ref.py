@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from hjseq.exponential import phi1
 from hjseq.ops._dtypes import accumulation_dtype
 
 
@@ -38,20 +39,6 @@ def discretize(delta: Tensor, A: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
     else:
         raise ValueError(f"scheme must be 'euler_b' or 'zoh', got {scheme!r}")
     return Abar, Bscale
-
-
-def phi1(x: Tensor) -> Tensor:
-    """``φ₁(x) = (eˣ − 1)/x`` with ``φ₁(0) = 1``, accurate with its derivative everywhere.
-
-    Autograd through ``expm1(x)/x`` cancels catastrophically as x → 0 (its derivative is a
-    difference of terms of size 1/x and 1/x²), so |x| < 0.5 uses the Taylor series
-    ``Σ_k x^k/(k+1)!`` (16 terms: truncation < 1e-19) in Horner form."""
-    small = x.abs() < 0.5
-    safe = torch.where(small, torch.ones_like(x), x)
-    taylor = torch.ones_like(x)
-    for k in range(16, 0, -1):  # 1 + x/2 (1 + x/3 (1 + ... (1 + x/17)))
-        taylor = 1 + x / (k + 1) * taylor
-    return torch.where(small, taylor, torch.expm1(safe) / safe)
 
 
 def _expand_groups(X: Tensor, dim: int) -> Tensor:

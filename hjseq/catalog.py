@@ -1,0 +1,70 @@
+"""What hjseq ships, registered in one place at ``import hjseq``: the closed-form kernels
+(each for the exact Hamiltonian, scheme and block it was written for) and the block kinds
+an ``HJLM`` config can name. Nothing else registers as a side effect of an import, so
+results never depend on import order.
+
+Everything not listed here reaches a fused kernel through the structure its spec declares
+(``affine`` → ``linear_scan``, ``head_affine`` → ``ssd``; see ``hjseq.engine.fused_path``)
+or runs the engine's reference loop.
+"""
+from __future__ import annotations
+
+from .engine import register_kernel
+from .hamiltonians import GRU, LSTM, ElmanRNN, LinearSSM
+from .models.kinds import register_block
+from .models.lm import LSEMLP, AttentionMixer
+from .nn.base import recurrent_scan_kernel
+from .nn.gru import HJGRU
+from .nn.lstm import HJLSTM
+from .nn.rnn import HJRNN
+from .nn.ssm import HJMamba, selective_scan_kernel
+
+# ---------------------------------------------------------------- closed-form kernels
+register_kernel(ElmanRNN, "euler", HJRNN, recurrent_scan_kernel(HJRNN.CELL))
+register_kernel(GRU, "gated_euler", HJGRU, recurrent_scan_kernel(HJGRU.CELL))
+register_kernel(LSTM, "euler", HJLSTM, recurrent_scan_kernel(HJLSTM.CELL))
+register_kernel(LinearSSM, "euler_b", HJMamba, selective_scan_kernel)
+register_kernel(LinearSSM, "zoh", HJMamba, selective_scan_kernel)
+
+# ---------------------------------------------------------------- block kinds
+_RECURRENT_OPTS = {
+    "hidden_size": ((int,), "state size (default d_model); projected back to d_model"),
+    "bias": ((bool,), "bias terms in the cell"),
+    "dt": ((float,), "Euler step of the HJ characteristic flow (1.0 = the torch cell)"),
+    "eps": ((float,), "viscosity: noise sqrt(2 eps dt) on the state while training"),
+    "backend": ((str,), "backend: auto | loop | ref | native | cpu | triton | cuda"),
+}
+for _kind, _cls in (("rnn", HJRNN), ("gru", HJGRU), ("lstm", HJLSTM)):
+    register_block(_kind, _cls, options=dict(_RECURRENT_OPTS))
+
+register_block("mamba", HJMamba, aliases=("ssm",), options={
+    "d_state": ((int,), "SSM state size N"),
+    "d_conv": ((int,), "causal depthwise conv width"),
+    "expand": ((int, float), "inner width = expand * d_model"),
+    "dt_rank": ((int, str), "rank of the time-step projection, or 'auto'"),
+    "scheme": ((str,), "discretization: 'euler_b' (Mamba's), 'zoh', or another scheme "
+                       "LinearSSM takes"),
+    "conv_bias": ((bool,), "bias in the causal conv"),
+    "bias": ((bool,), "bias in in_proj/out_proj"),
+    "dt_min": ((float,), "time-step init range, lower end"),
+    "dt_max": ((float,), "time-step init range, upper end"),
+    "backend": ((str,), "selective-scan backend"),
+})
+
+
+def _attention(d_model: int, o: dict) -> AttentionMixer:
+    heads = o.pop("n_heads", max(1, d_model // 64))
+    return AttentionMixer(d_model, heads, causal=True, **o)
+
+
+register_block("attention", AttentionMixer, build=_attention, options={
+    "n_heads": ((int,), "number of heads (must divide d_model)"),
+    "eps": ((float, type(None)), "temperature; default sqrt(d_head) = softmax attention"),
+    "bias": ((bool,), "biases in the q/k/v/out projections"),
+})
+
+register_block("lse", LSEMLP, options={
+    "n_units": ((int,), "number of LSE units (default 2 * d_model)"),
+    "n_atoms": ((int,), "atoms per unit (default 4)"),
+    "eps": ((float,), "temperature (viscosity); 0 = tropical max"),
+})
