@@ -21,6 +21,27 @@ import math
 import torch
 from torch import Tensor
 
+from .viscosity import check_viscosity
+
+
+def smooth_max(s: Tensor, eps: float, dim: int = -1) -> Tensor:
+    """``ε log Σ_j exp(s_j/ε)`` over ``dim`` — the log-sum-exp of every LSE unit, attention
+    normaliser and Hopf–Cole value in hjseq, written once; ``eps == 0`` gives ``max_j s_j``
+    (the tropical limit). ``s == −inf`` entries (masked atoms) contribute nothing."""
+    if eps == 0:
+        return s.amax(dim)
+    return eps * torch.logsumexp(s / eps, dim=dim)
+
+
+def gibbs(s: Tensor, eps: float, dim: int = -1) -> Tensor:
+    """``softmax(s/ε)`` over ``dim``: the Gibbs / attribution weights of scores s (the
+    gradient of :func:`smooth_max`). ``eps == 0``: the limit ε → 0, mass split evenly over
+    the exact maximisers — the one tie rule of every block (LSE, attention, Hopf–Lax)."""
+    if eps == 0:
+        top = s == s.amax(dim, keepdim=True)
+        return top.to(s.dtype) / top.sum(dim, keepdim=True).to(s.dtype)
+    return torch.softmax(s / eps, dim=dim)
+
 
 def affine_from_atoms(y: Tensor, g: Tensor, t: float) -> tuple[Tensor, Tensor]:
     """``(W, b)`` with ``W_j = y_j/(2t)``, ``b_j = −g_j − |y_j|²/(4t)``. y: (N, d), g: (N,)."""
@@ -44,10 +65,7 @@ def atom_costs(x: Tensor, y: Tensor, g: Tensor, t: float) -> Tensor:
 def hopf_cole(x: Tensor, y: Tensor, g: Tensor, t: float, eps: float) -> Tensor:
     """``u_ε(x, t)`` for discrete atoms; ``eps == 0`` gives the Hopf–Lax minimum. Shape (...)."""
     _check_eps(eps)
-    cost = atom_costs(x, y, g, t)
-    if eps == 0:
-        return cost.min(-1).values
-    return -eps * torch.logsumexp(-cost / eps, dim=-1)
+    return -smooth_max(-atom_costs(x, y, g, t), eps)
 
 
 def hopf_lax(x: Tensor, y: Tensor, g: Tensor, t: float) -> Tensor:
@@ -56,21 +74,16 @@ def hopf_lax(x: Tensor, y: Tensor, g: Tensor, t: float) -> Tensor:
 
 
 def gibbs_weights(x: Tensor, y: Tensor, g: Tensor, t: float, eps: float) -> Tensor:
-    """``π_j(x)``: shape (..., N), rows sum to 1; ``eps == 0`` gives the one-hot argmin."""
+    """``π_j(x)``: shape (..., N), rows sum to 1; ``eps == 0`` splits the mass evenly over
+    the minimising atoms (:func:`gibbs`)."""
     _check_eps(eps)
-    cost = atom_costs(x, y, g, t)
-    if eps == 0:
-        return torch.nn.functional.one_hot(cost.argmin(-1), cost.shape[-1]).to(cost.dtype)
-    return torch.softmax(-cost / eps, dim=-1)
+    return gibbs(-atom_costs(x, y, g, t), eps)
 
 
 def lse(x: Tensor, W: Tensor, b: Tensor, eps: float) -> Tensor:
     """``f_ε(x) = ε log Σ_j exp((W_j·x + b_j)/ε)``; ``eps == 0`` gives ``max_j``. Shape (...)."""
     _check_eps(eps)
-    s = x @ W.transpose(-1, -2) + b
-    if eps == 0:
-        return s.max(-1).values
-    return eps * torch.logsumexp(s / eps, dim=-1)
+    return smooth_max(x @ W.transpose(-1, -2) + b, eps)
 
 
 def heat_constant(eps: float, d: int, t: float) -> float:
@@ -87,5 +100,4 @@ def _check_t(t: float) -> None:
 
 
 def _check_eps(eps: float) -> None:
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0 (viscosity / temperature), got {eps}")
+    check_viscosity(eps)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .schemes import get_scheme
+from .viscosity import Viscosity, check_viscosity
 
 Drive = Mapping[str, Tensor]
 """Per-token inputs of a Hamiltonian: name -> tensor (token tensors (B, ·), or held weights)."""
@@ -285,32 +286,6 @@ class SoftplusStep(StepRule):
 
 
 # ----------------------------------------------------------------------------- the spec
-
-Viscosity = Union[float, Tensor]
-
-
-def check_viscosity(viscosity: Viscosity, name: str = "eps") -> Viscosity:
-    """Validate ε ≥ 0 (float, tensor or parameter) and return it (floats as float). The one
-    viscosity check of hjseq: every block, solver and closed form calls it."""
-    if isinstance(viscosity, Tensor):
-        if not torch.is_floating_point(viscosity):
-            raise TypeError(f"{name} (viscosity) must be a floating tensor, got {viscosity.dtype}")
-        v = viscosity.detach()
-        if torch.isnan(v).any() or (v < 0).any():
-            raise ValueError(f"{name} (viscosity) must be >= 0 everywhere (no NaN); "
-                             f"got min {v.min().item() if v.numel() else 'n/a'}")
-        return viscosity
-    if isinstance(viscosity, bool):
-        raise TypeError(f"{name} (viscosity) must be a float or a tensor, got bool")
-    try:
-        value = float(viscosity)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} (viscosity) must be a float or a tensor, got "
-                        f"{type(viscosity).__name__}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} (viscosity) must be a finite number >= 0, got {value}")
-    return value
-
 
 class HJSpec(nn.Module):
     """Declarative description of a block as an HJ discretization, and part of its module tree.
