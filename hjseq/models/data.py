@@ -14,13 +14,23 @@ from __future__ import annotations
 import math
 import sysconfig
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from hjseq.cli import UserError
+
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+# Data with more than this share of NUL bytes, or of bytes outside valid UTF-8, is refused
+# as "not text" unless the caller allows binary data.
+BINARY_THRESHOLD = 0.01
+
+
+class DataError(UserError, ValueError):
+    """The training data cannot be used (missing, empty, too short, not text); the message
+    names the path and the fix."""
 
 
 @dataclass
@@ -31,10 +41,18 @@ class Corpus:
     val: Tensor
     name: str
     n_files: int
+    files: list[tuple[str, int]] = field(default_factory=list)  # (path, bytes) as read
+    source: str = ""  # how the user named it, for messages: "--data notes/"
 
-    def describe(self) -> str:
-        return (f"{self.name}: {self.n_files} file(s), train {self.train.numel() / 1e6:.2f} MB, "
-                f"val {self.val.numel() / 1e6:.2f} MB")
+    def describe(self, max_files: int = 5) -> str:
+        """Where the bytes came from: the files read (the first ``max_files``) and the
+        byte counts of both splits."""
+        total = sum(n for _, n in self.files)
+        shown = ", ".join(f"{f} ({n:,} B)" for f, n in self.files[:max_files])
+        more = f", ... ({len(self.files) - max_files} more)" if len(self.files) > max_files else ""
+        return (f"{self.name}: read {self.n_files} file(s), {total:,} bytes"
+                + (f": {shown}{more}" if shown else "") + "\n"
+                f"  train {self.train.numel():,} bytes, validation {self.val.numel():,} bytes")
 
 
 def stdlib_files() -> tuple[Path, list[Path]]:
@@ -52,12 +70,14 @@ def _is_val(rel: Path, val_fraction: float) -> bool:
     return zlib.crc32(rel.as_posix().encode()) / 2**32 < val_fraction
 
 
-def _split_files(root: Path, files: list[Path], val_fraction: float) -> tuple[bytes, bytes]:
+def _split_files(root: Path, files: list[Path], val_fraction: float,
+                 raw: dict[Path, bytes] | None = None) -> tuple[bytes, bytes]:
     """Split by file; when too few files leave one side empty, fall back to holding out the
     last ``val_fraction`` of the concatenated bytes."""
     train, val = [], []
     for rel in files:
-        (val if _is_val(rel, val_fraction) else train).append((root / rel).read_bytes())
+        data = raw[rel] if raw is not None else (root / rel).read_bytes()
+        (val if _is_val(rel, val_fraction) else train).append(data)
     if not train or not val:
         return _split_bytes(b"\n".join(train + val), val_fraction)
     return b"\n".join(train), b"\n".join(val)
@@ -68,32 +88,95 @@ def _split_bytes(raw: bytes, val_fraction: float) -> tuple[bytes, bytes]:
     return raw[:cut], raw[cut:]
 
 
-def load_corpus(data: str | Path | None = None, val_fraction: float = 0.05) -> Corpus:
+def non_text_bytes(raw: bytes) -> tuple[int, int]:
+    """``(NUL bytes, bytes not part of valid UTF-8)`` in ``raw``."""
+    invalid = len(raw) - len(raw.decode("utf-8", errors="ignore").encode("utf-8"))
+    return raw.count(0), invalid
+
+
+def check_text(contents: dict[str, bytes], source: str, allow_binary: bool = False) -> None:
+    """Refuse data that is empty, or mostly not text: more than :data:`BINARY_THRESHOLD` of
+    its bytes NUL or outside valid UTF-8 (unless ``allow_binary``). ``contents``: file name
+    -> bytes; ``source``: how the user named the data (e.g. ``--data notes/``)."""
+    total = sum(len(b) for b in contents.values())
+    if total == 0:
+        what = "the file is empty" if len(contents) == 1 else "its files are all empty"
+        raise DataError(f"{source}: {what} (0 bytes); give a text file or directory with "
+                        "at least a few KB of text")
+    if allow_binary:
+        return
+    per_file = {name: non_text_bytes(b) for name, b in contents.items()}
+    nul = sum(n for n, _ in per_file.values())
+    invalid = sum(i for _, i in per_file.values())
+    if max(nul, invalid) > BINARY_THRESHOLD * total:
+        worst = sorted(per_file, key=lambda f: -sum(per_file[f]))[:3]
+        raise DataError(
+            f"{source}: this does not look like text: {nul / total:.1%} of its {total:,} "
+            f"bytes are NUL and {invalid / total:.1%} are not valid UTF-8 (most in "
+            f"{', '.join(worst)}); train on text, or pass --allow-binary to use raw bytes")
+
+
+def load_corpus(data: str | Path | None = None, val_fraction: float = 0.05,
+                allow_binary: bool = False) -> Corpus:
     """Read the corpus. ``data=None``: the standard library; a directory: all its files
     (recursively, sorted, hidden files skipped), split by file (by bytes if too few files);
-    a file: its last ``val_fraction`` of bytes is the validation split."""
+    a file: its last ``val_fraction`` of bytes is the validation split.
+
+    Raises :class:`DataError` for a missing path, an empty input, or (unless
+    ``allow_binary``) data that is mostly not text (see :func:`check_text`)."""
     if data is None:
         root, files = stdlib_files()
-        train, val = _split_files(root, files, val_fraction)
-        name = f"python stdlib ({root})"
+        name, source = f"python stdlib ({root})", "the default corpus"
     else:
         path = Path(data)
+        source = f"--data {path}"
         if path.is_dir():
+            root = path
             files = sorted(p.relative_to(path) for p in path.rglob("*")
                            if p.is_file() and not any(s.startswith(".") for s in
                                                       p.relative_to(path).parts))
             if not files:
-                raise FileNotFoundError(f"--data {path}: the directory holds no files")
-            train, val = _split_files(path, files, val_fraction)
+                raise DataError(f"{source}: the directory holds no (non-hidden) files; "
+                                "put text files in it")
             name = str(path)
         elif path.is_file():
-            train, val = _split_bytes(path.read_bytes(), val_fraction)
-            files, name = [path], str(path)
+            root, files, name = path.parent, [Path(path.name)], str(path)
         else:
-            raise FileNotFoundError(f"--data {path}: no such file or directory")
+            raise DataError(f"{source}: no such file or directory; give a text FILE or DIR "
+                            "(or leave --data out to train on the Python standard library)")
+    try:
+        raw = {rel: (root / rel).read_bytes() for rel in files}
+    except OSError as e:
+        raise DataError(f"{source}: cannot read {e.filename}: {e.strerror}") from None
+    check_text({str(rel): b for rel, b in raw.items()}, source, allow_binary)
+    if data is not None and Path(data).is_file():
+        train, val = _split_bytes(raw[files[0]], val_fraction)
+    else:
+        train, val = _split_files(root, files, val_fraction, raw)
+    shown = [str(data)] if data is not None and Path(data).is_file() else [str(f) for f in files]
     corpus = Corpus(torch.frombuffer(bytearray(train), dtype=torch.uint8),
-                    torch.frombuffer(bytearray(val), dtype=torch.uint8), name, len(files))
+                    torch.frombuffer(bytearray(val), dtype=torch.uint8), name, len(files),
+                    [(f, len(raw[rel])) for f, rel in zip(shown, files)], source)
     return corpus
+
+
+def check_lengths(corpus: Corpus, seq_len: int, eval_windows: int, val_fraction: float) -> None:
+    """Both splits must hold a training window (``seq_len + 2`` bytes: a random offset, the
+    window and its next-byte target), and the validation split ``eval_windows`` distinct
+    evaluation windows (``seq_len + eval_windows`` bytes). Raises :class:`DataError` naming
+    the data and the settings to change."""
+    source = corpus.source or corpus.name
+    need_train, need_val = seq_len + 2, seq_len + max(2, eval_windows)
+    for split, have, need in (("training", corpus.train.numel(), need_train),
+                              ("validation", corpus.val.numel(), need_val)):
+        if have < need:
+            total = corpus.train.numel() + corpus.val.numel()
+            raise DataError(
+                f"{source}: the {split} split holds {have:,} bytes (of {total:,}; val_fraction "
+                f"= {val_fraction}), fewer than the {need:,} that seq_len = {seq_len}"
+                + (f" and {eval_windows} evaluation windows" if split == "validation" else "")
+                + " need; give more text, or lower [train].seq_len"
+                + (" / eval_batches, or raise val_fraction" if split == "validation" else ""))
 
 
 def _check_len(data: Tensor, seq_len: int, what: str) -> None:

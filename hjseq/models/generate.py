@@ -86,32 +86,57 @@ def generate(model: HJLM, prompt: list[int], max_new_tokens: int, **kw) -> list[
 def load_model(checkpoint: str | Path) -> HJLM:
     """A model from a ``save_pretrained`` directory, a ``hjseq train --out`` directory (its
     ``model/`` if finished, else its ``checkpoint.pt``) or a ``checkpoint.pt`` file."""
-    from hjseq.models.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from hjseq.models.checkpoint import (CHECKPOINT_NAME, CheckpointError, check_weights,
+                                         load_checkpoint, load_pretrained)
     from hjseq.models.config import ModelConfig
 
     path = Path(checkpoint)
     if (path / "config.json").is_file():
-        return HJLM.from_pretrained(path)
+        return load_pretrained(path)
     if (path / "model" / "config.json").is_file():
-        return HJLM.from_pretrained(path / "model")
+        return load_pretrained(path / "model")
     if path.is_file() or (path / CHECKPOINT_NAME).is_file():
         ck = load_checkpoint(path)
         model = HJLM(ModelConfig.from_dict(ck["config"]["model"], str(path), "model"))
+        check_weights(model.state_dict(), ck["model"], path)
         model.load_state_dict(ck["model"])
         return model
-    raise FileNotFoundError(f"--checkpoint {path}: expected a save_pretrained directory "
-                            f"(config.json + model.safetensors), a `hjseq train` output "
-                            f"directory, or a {CHECKPOINT_NAME} file")
+    raise CheckpointError(f"{path}: no model there; expected a save_pretrained directory "
+                          f"(config.json + model.safetensors), a `hjseq train` output "
+                          f"directory (e.g. runs/small), or a {CHECKPOINT_NAME} file")
+
+
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False,
+            what: str = ""):
+    """An argparse type: a ``kind`` number in [low, high] ((low, high] if ``low_open``);
+    anything else is a usage error naming the flag (argparse adds it) and the range."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
+        if (v <= low if low_open else v < low) or (high is not None and v > high):
+            rng = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return v
+    return parse
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="model directory or checkpoint file")
+    p.add_argument("--checkpoint", required=True, metavar="DIR|FILE",
+                   help="what `hjseq train` wrote: its --out directory (e.g. runs/small), its "
+                   "model/ directory, or a checkpoint.pt")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", "-n", type=_number(int, 0, what="an int"), default=300,
+                   metavar="N", help="number of bytes (tokens) to generate")
+    p.add_argument("--temperature", type=_number(float, 0), default=0.8,
+                   help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=_number(int, 1, what="an int"), default=None,
+                   help="sample among the k most likely tokens only (default: all)")
+    p.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=0.95,
+                   help="nucleus sampling: the smallest set of tokens whose probability "
+                   "reaches p")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
 
 
 def main(args: argparse.Namespace) -> int:

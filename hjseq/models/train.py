@@ -2,15 +2,20 @@
 
     hjseq train examples/configs/small.toml                  # default corpus: Python stdlib
     hjseq train my.toml --data notes/ --out runs/notes --max-steps 500
-    hjseq train --resume --out runs/small                     # continue exactly
+    hjseq train --resume runs/small                           # continue exactly
     torchrun --nproc_per_node=2 -m hjseq train small.toml     # DDP (gloo on CPU, nccl on GPU)
+
+A resumed run keeps the configuration and the step budget it was started with (both are in
+its checkpoint); ``--max-steps N`` sets a new budget explicitly.
 
 AdamW with linear warmup then cosine decay, global-norm gradient clipping, optional bf16
 autocast, gradient accumulation. Writes into ``--out``: ``metrics.jsonl`` (one line per
 step, plus validation lines), ``loss.png``, ``checkpoint.pt`` (atomic; everything needed to
 resume exactly), ``model/`` (``save_pretrained`` format, for ``hjseq generate``) and
 ``summary.json``. Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint
-and exits with status 130.
+and exits with status 130. The data is checked before the first step (present, text, long
+enough for ``seq_len`` and the evaluation windows). Tokens/s and the ETA leave out kernel
+build and evaluation time.
 """
 from __future__ import annotations
 
@@ -30,13 +35,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hjseq.cli import INTERRUPTED, UserError
 from hjseq.models import data as D
-from hjseq.models.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state,
-                                     save_checkpoint, set_rng_state)
+from hjseq.models.checkpoint import (CHECKPOINT_NAME, check_weights, load_checkpoint,
+                                     rng_state, save_checkpoint, set_rng_state)
 from hjseq.models.config import ModelConfig, RunConfig, TrainConfig, load_config
 from hjseq.models.lm import HJLM, cross_entropy
+from hjseq.ops._build import build_seconds
 
-INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports it
+
+def resume_command(out: str | Path) -> str:
+    """The one documented way to continue a run: ``hjseq train --resume OUT``."""
+    return f"hjseq train --resume {out}"
 
 
 # ---------------------------------------------------------------- progress bar
@@ -60,12 +70,18 @@ class ProgressBar:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.min_interval = min_interval
         self.t0 = time.perf_counter()
+        self.excluded = 0.0  # seconds of build/evaluation left out of the ETA
         self._last_draw = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (a kernel build, an evaluation) out of the training rate."""
+        self.excluded += seconds
 
     def line(self, step: int, loss: float, tok_per_s: float) -> str:
         done = step - self.start
         elapsed = time.perf_counter() - self.t0
-        eta = elapsed / done * (self.total - step) if done > 0 else float("inf")
+        training = max(elapsed - self.excluded, 1e-9)
+        eta = training / done * (self.total - step) if done > 0 else float("inf")
         filled = int(self.width * step / max(self.total, 1))
         bar = "#" * filled + "." * (self.width - filled)
         return (f"[{bar}] {step}/{self.total} loss {loss:.4f} | {tok_per_s / 1e3:.1f}k tok/s | "
@@ -267,36 +283,51 @@ def plot_metrics(metrics_path: Path, out_png: Path, unigram_bpb: float | None = 
 
 def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = False,
           device: str | None = None, stream: TextIO | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, float], None] | None = None,
+          allow_binary: bool = False) -> TrainResult:
     """Train ``run.model`` with ``run.train`` settings, writing into ``out_dir``.
 
-    ``resume``: True continues from ``out_dir/checkpoint.pt``, a path from that checkpoint.
+    ``resume``: True continues from ``out_dir/checkpoint.pt``, a path from that checkpoint;
+    its step must not exceed ``run.train.steps`` (the budget).
     ``on_step(step, loss)`` is called after every optimizer step (rank 0; used by tests).
-    Returns a :class:`TrainResult`. Under ``torchrun`` every rank calls this.
+    ``allow_binary``: train on data that is mostly not text (see :func:`data.check_text`).
+    The data is checked before anything is built or written. Returns a
+    :class:`TrainResult`; unless interrupted, ``step == run.train.steps``. Under
+    ``torchrun`` every rank calls this.
     """
     cfg = run.train
     out = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    d = setup_distributed(device)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out if resume is True else Path(resume))
+        where = out if resume is True else Path(resume)
         if ckpt["config"]["model"] != run.model.to_dict():
-            raise ValueError("--resume: the checkpoint's [model] differs from the config given; "
-                             "resume without a CONFIG to use the checkpoint's own")
+            raise UserError(f"--resume {where}: the checkpoint's [model] differs from the "
+                            f"config given ({run.source}); resume with `{resume_command(out)}` "
+                            "to use the checkpoint's own config")
+        if ckpt["step"] > cfg.steps:
+            raise UserError(f"--resume {where}: the checkpoint is at step {ckpt['step']}, past "
+                            f"the step budget {cfg.steps}; give --max-steps N with N >= "
+                            f"{ckpt['step']}")
+        allow_binary = allow_binary or bool(ckpt.get("allow_binary", False))
+    # the data is checked before a process group, a model or an output file exists
+    corpus = D.load_corpus(cfg.data, cfg.val_fraction, allow_binary=allow_binary)
+    D.check_lengths(corpus, cfg.seq_len, cfg.eval_batches * cfg.batch_size, cfg.val_fraction)
+    d = setup_distributed(device)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = ProgressBar(cfg.steps, stream=stream, every=cfg.log_interval)
     log.start = ckpt["step"] if ckpt else 0
 
-    corpus = D.load_corpus(cfg.data, cfg.val_fraction)
     torch.manual_seed(cfg.seed)
     model = HJLM(run.model).to(d.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     start, tokens_seen = 0, 0
     if ckpt:
+        check_weights(model.state_dict(), ckpt["model"], out / CHECKPOINT_NAME)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -317,7 +348,9 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
         log.message(corpus.describe())
         log.message(model.summary())
         if ckpt:
-            log.message(f"resuming at step {start}")
+            log.message(f"resuming at step {start} of {cfg.steps}" +
+                        (": the run had already reached its budget, nothing to train (give "
+                         "--max-steps N to train further)" if start == cfg.steps else ""))
     unigram = D.unigram_bpb(corpus.train, corpus.val)
 
     def checkpoint(step: int) -> None:
@@ -330,6 +363,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rngs, "step": step,
                 "tokens_seen": tokens_seen, "config": run.to_dict(), "world_size": d.world_size,
+                "allow_binary": allow_binary,
                 # batches are a function of (seed, step): the next batch is step `step`'s
                 "data_position": {"next_batch_step": step, "seed": cfg.seed},
             })
@@ -344,6 +378,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
     ddp.train()
     with _StopFlag() as stop:
         t_last, step_last = time.perf_counter(), start
+        built_last = build_seconds()
         log.t0 = t_last
         while step < cfg.steps:
             micro = D.train_batch(corpus.train, step, cfg.batch_size, cfg.seq_len, cfg.seed,
@@ -369,7 +404,9 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                                          "[train].lr or raise warmup_steps")
             losses[step] = loss_val
             now = time.perf_counter()
-            tok_s = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+            built = build_seconds() - built_last  # a kernel compiled on first use
+            log.exclude(built)
+            tok_s = (step - step_last) * tokens_per_step / max(now - t_last - built, 1e-9)
             if d.is_main:
                 _write_jsonl(metrics, {"step": step, "loss": loss_val,
                                        "lr": scheduler.get_last_lr()[0],
@@ -378,7 +415,9 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                 if on_step is not None:
                     on_step(step, loss_val)
             if step % cfg.eval_interval == 0 or step == cfg.steps:
+                t_eval = time.perf_counter()
                 val_bpb = evaluate(model, corpus.val, cfg, d)
+                log.exclude(time.perf_counter() - t_eval)
                 if d.is_main:
                     _write_jsonl(metrics, {"step": step, "val_bpb": val_bpb})
                     log.message(f"step {step}: val bpb {val_bpb:.4f} (unigram {unigram:.4f})")
@@ -392,16 +431,18 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                 break
             if step % cfg.checkpoint_interval == 0 and step < cfg.steps:
                 checkpoint(step)
-            t_last, step_last = time.perf_counter(), step
-    if val_bpb is None and not interrupted:  # resumed an already finished run
+            t_last, step_last, built_last = time.perf_counter(), step, build_seconds()
+    if not interrupted and step != cfg.steps:  # the loop ends only at the budget or a stop
+        raise RuntimeError(f"training stopped at step {step} of {cfg.steps} without an interrupt")
+    if val_bpb is None and not interrupted:  # resumed a run that had reached its budget
         val_bpb = evaluate(model, corpus.val, cfg, d)
     checkpoint(step)
     log.close()
     sample = ""
     if d.is_main:
         if interrupted:
-            log.message(f"interrupted: checkpoint at step {step} in {out / CHECKPOINT_NAME}; "
-                        f"continue with --resume --out {out}")
+            log.message(f"interrupted at step {step} of {cfg.steps}: checkpoint in "
+                        f"{out / CHECKPOINT_NAME}; continue with: {resume_command(out)}")
         else:
             model.save_pretrained(out / "model")
             sample = _sample(model, cfg)
@@ -430,19 +471,50 @@ def _sample(model: HJLM, cfg: TrainConfig, prompt: str = "def ") -> str:
 
 # ---------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="TOML/JSON config ([model] and [train] tables); "
-                   "optional with --resume (the checkpoint's own config is used)")
-    p.add_argument("--data", help="text FILE or DIR to train on (default: the Python stdlib)")
-    p.add_argument("--out", help="output directory (default: runs/<config name>)")
-    p.add_argument("--max-steps", type=int, help="override [train].steps")
-    p.add_argument("--seed", type=int, help="override [train].seed")
-    p.add_argument("--batch-size", type=int, help="override [train].batch_size (global)")
+    p.description = ("Train a language model from a config. Continue an interrupted or "
+                     "finished run with: hjseq train --resume RUN_DIR")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="TOML/JSON config with [model] and [train] tables, e.g. "
+                   "examples/configs/small.toml (not needed with --resume RUN_DIR)")
+    p.add_argument("--data", metavar="FILE|DIR",
+                   help="text to train on (default: the Python standard library's sources)")
+    p.add_argument("--allow-binary", action="store_true",
+                   help="accept data that is mostly not text (over 1%% NUL bytes or invalid "
+                   "UTF-8), which is refused otherwise")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default: runs/<config name>; with --resume RUN_DIR: "
+                   "RUN_DIR)")
+    p.add_argument("--max-steps", type=_positive_int, metavar="N",
+                   help="step budget, overriding [train].steps; with --resume, a new budget "
+                   "for the run (default: the config's, or the resumed run's own)")
+    p.add_argument("--seed", type=int, help="override [train].seed (default: the config's)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N",
+                   help="override [train].batch_size, the global batch (default: the config's)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from OUT/checkpoint.pt (or the given checkpoint file)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--threads", type=int, help="override [train].threads: torch intra-op CPU "
-                   "threads (0 = torch's default; 1 is often fastest on a busy machine)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run exactly, with its own config and step budget: RUN_DIR "
+                   "is its --out directory (or its checkpoint.pt). Bare --resume after CONFIG "
+                   "continues runs/<config name> (or --out)")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--threads", type=_non_negative_int, metavar="N",
+                   help="override [train].threads: torch intra-op CPU threads (0 = torch's "
+                   "default; 1 is often fastest on a busy machine) (default: the config's)")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
@@ -456,26 +528,51 @@ def _apply_overrides(run: RunConfig, args: argparse.Namespace) -> RunConfig:
     return RunConfig(run.model, TrainConfig.from_dict(t, "command line", "train"), run.source)
 
 
+def _resume_run(args: argparse.Namespace) -> tuple[RunConfig, Path, Path]:
+    """The run to continue: ``(run config, output dir, checkpoint path)``. The config and the
+    step budget are the checkpoint's own; a CONFIG given beside it must describe the same
+    model; ``--max-steps`` (a new budget), ``--threads``, ``--bf16`` and ``--device`` apply."""
+    if args.resume is True:
+        if args.config is None:
+            raise UserError("--resume needs the run to continue: hjseq train --resume RUN_DIR "
+                            "(the run's --out directory, e.g. runs/small)")
+        out = Path(args.out or Path("runs") / Path(args.config).stem)
+        where = out
+    else:
+        where = Path(args.resume)
+        out = Path(args.out) if args.out else (where if where.is_dir() else where.parent)
+    ck = load_checkpoint(where)
+    source = str(out / CHECKPOINT_NAME)
+    run = RunConfig(ModelConfig.from_dict(ck["config"]["model"], source, "model"),
+                    TrainConfig.from_dict(ck["config"]["train"], source, "train"), source)
+    if args.config is not None:
+        given = load_config(args.config)
+        if given.model.to_dict() != run.model.to_dict():
+            raise UserError(f"--resume {where}: the checkpoint's [model] differs from "
+                            f"{args.config}'s; continue it with `{resume_command(out)}`, or "
+                            f"train this config afresh with --out NEW_DIR")
+    changed = [flag for flag, v in (("--data", args.data), ("--seed", args.seed),
+                                    ("--batch-size", args.batch_size)) if v is not None]
+    if changed:
+        raise UserError(f"{', '.join(changed)} cannot change on --resume: the data a step sees "
+                        "is fixed by the run's data, seed and batch size; start a new run "
+                        "with --out NEW_DIR instead")
+    return _apply_overrides(run, args), out, where
+
+
 def main(args: argparse.Namespace) -> int:
     if args.config is None and not args.resume:
-        print("hjseq train: give a CONFIG (e.g. examples/configs/small.toml) or --resume",
-              file=sys.stderr)
-        return 2
-    if args.config is not None:
-        run = load_config(args.config)
-        out = Path(args.out or Path("runs") / Path(args.config).stem)
+        raise UserError("give a CONFIG (e.g. examples/configs/small.toml), or --resume RUN_DIR "
+                        "to continue a run")
+    if args.config is not None and Path(args.config).is_dir():
+        raise UserError(f"{args.config} is a directory, not a config; to continue the run in "
+                        f"it use: {resume_command(args.config)}")
+    if args.resume:
+        run, out, resume = _resume_run(args)
     else:
-        if args.out is None and args.resume is True:
-            print("hjseq train --resume: give --out DIR (or the checkpoint path)", file=sys.stderr)
-            return 2
-        out = Path(args.out) if args.out else Path(args.resume).parent
-        ck = load_checkpoint(out if args.resume is True else args.resume)
-        run = RunConfig(ModelConfig.from_dict(ck["config"]["model"], "checkpoint", "model"),
-                        TrainConfig.from_dict(ck["config"]["train"], "checkpoint", "train"),
-                        str(out / CHECKPOINT_NAME))
-        del ck
-    run = _apply_overrides(run, args)
-    result = train(run, out, resume=args.resume, device=args.device)
+        run = _apply_overrides(load_config(args.config), args)
+        out, resume = Path(args.out or Path("runs") / Path(args.config).stem), False
+    result = train(run, out, resume=resume, device=args.device, allow_binary=args.allow_binary)
     if int(os.environ.get("RANK", "0")) == 0 and not result.interrupted:
         print(f"validation: {result.val_bpb:.4f} bits/byte  "
               f"(unigram baseline of the same corpus: {result.unigram_bpb:.4f})")

@@ -5,12 +5,18 @@ into ``$HJSEQ_BUILD_DIR`` (default ``~/.cache/hjseq/extensions``) and returns th
 If compilation is impossible (no compiler, no sources, ``HJSEQ_NO_BUILD=1``) it raises
 :class:`~hjseq.ops._registry.BackendUnavailable` and warns once, so "auto" falls back to
 the reference path with a visible :class:`ExtensionBuildWarning`.
+
+A compilation (not a cached load) prints one line on stderr when it starts and one when it
+ends, with its time; :func:`build_seconds` is the total so far, so callers timing their own
+work (the training loop's tokens/s and ETA) can leave it out.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import platform
+import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +32,17 @@ class ExtensionBuildWarning(UserWarning):
 
 _CACHE: dict[str, ModuleType] = {}
 _FAILED: dict[str, str] = {}
+_BUILD_SECONDS = [0.0]  # wall time spent compiling in this process
+
+
+def build_seconds() -> float:
+    """Wall seconds this process has spent compiling extensions (cached loads excluded)."""
+    return _BUILD_SECONDS[0]
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"hjseq: {text}\n")
+    sys.stderr.flush()
 
 DEFAULT_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 DEFAULT_LDFLAGS = ["-fopenmp"]
@@ -85,10 +102,23 @@ def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None
         build_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils import cpp_extension
 
-        mod = cpp_extension.load(
-            name=f"hjseq_{name}", sources=[str(p) for p in paths], extra_cflags=cflags,
-            extra_cuda_cflags=extra_cuda_cflags, extra_ldflags=ldflags,
-            extra_include_paths=[str(root)], build_directory=str(build_dir), verbose=verbose)
+        compiling = not (build_dir / f"hjseq_{name}.so").is_file()
+        t0 = time.perf_counter()
+        if compiling:
+            _say(f"building the C++ kernel hjseq_{name} (first use only; cached in {build_dir})")
+        mod = None
+        try:
+            mod = cpp_extension.load(
+                name=f"hjseq_{name}", sources=[str(p) for p in paths], extra_cflags=cflags,
+                extra_cuda_cflags=extra_cuda_cflags, extra_ldflags=ldflags,
+                extra_include_paths=[str(root)], build_directory=str(build_dir),
+                verbose=verbose)
+        finally:
+            if compiling:
+                took = time.perf_counter() - t0
+                _BUILD_SECONDS[0] += took
+                _say(f"{'built' if mod is not None else 'failed to build'} hjseq_{name} in "
+                     f"{took:.1f} s")
     except BackendUnavailable as e:
         _FAILED[name] = str(e)
         raise
