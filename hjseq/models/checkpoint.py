@@ -95,7 +95,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     require: tuple[str, ...] = TRAINING_KEYS) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`. ``path`` may be the file or the
     training output directory holding ``checkpoint.pt``. Raises :class:`CheckpointError`
-    (naming the file) when it is missing, a config file, truncated, corrupt, or lacks one of
+    (naming the file) when it is missing, a config file, truncated, corrupt, or lacks
     a key in ``require``."""
     path = Path(path)
     if path.is_dir():
