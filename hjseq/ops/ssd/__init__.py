@@ -81,7 +81,7 @@ def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     if seq_idx is not None:  # a new sequence id resets the state: decay exp(−inf) = 0
         reset = torch.zeros_like(seq_idx, dtype=torch.bool)
         reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-        log_decay = dA.masked_fill(reset, float("-inf"))
+        log_decay = dA.masked_fill(reset[..., None], float("-inf"))
     xs = x.to(acc) * step[..., None]
     res = ssd_scan(xs, log_decay, B, C, initial_states=initial_states, cu_seqlens=cu_seqlens,
                    return_final_states=return_final_states, chunk_size=chunk_size,
