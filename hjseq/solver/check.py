@@ -5,7 +5,7 @@ Runs every property of :mod:`hjseq.solver.properties` (float64), prints
 and exits 1 if any row fails (a property that raises — e.g. the core blocks are missing —
 is a failing row with the error, never a skip).
 
-    hjseq check                       # all twelve properties
+    hjseq check                       # all properties
     hjseq check --only 3 --only 8     # a subset
     hjseq check --json report.json
 """
