@@ -6,10 +6,11 @@ from __future__ import annotations
 from ._registry import BackendUnavailable, available, resolve
 from .causal_conv1d import causal_conv1d
 from .linear_scan import linear_scan
+from .mamba3_siso import mamba3_siso, mamba3_siso_step
 from .recurrent_scan import recurrent_scan
 from .selective_scan import selective_scan
 from .selective_state_update import selective_state_update
 from .ssd import ssd, ssd_scan
 
-__all__ = ["selective_scan", "ssd", "ssd_scan", "selective_state_update", "linear_scan", "causal_conv1d", "recurrent_scan", "available", "resolve",
+__all__ = ["selective_scan", "ssd", "ssd_scan", "mamba3_siso", "mamba3_siso_step", "selective_state_update", "linear_scan", "causal_conv1d", "recurrent_scan", "available", "resolve",
            "BackendUnavailable"]

@@ -1,0 +1,115 @@
+"""Mamba-3's SISO scan through Mamba-2's chunked ``ssd_scan`` (the cpu/triton backends).
+
+The exponential-trapezoidal recurrence of ``ref.py``,
+
+    S_t = α_t S_{t−1} + β_t v_{t−1} ⊗ k̃_{t−1} + γ_t v_t ⊗ k̃_t,   β_t = δ_t α_t,
+    γ_t = λ_t Δ_t,  δ_t = (1 − λ_t) Δ_t,
+
+is a plain SSD scan of the shifted state ``U_t = S_t + δ_{t+1} v_t ⊗ k̃_t`` (the part of
+token t's input that the *next* token's β will add, taken in at t):
+
+    U_t = α_t U_{t−1} + (γ_t + δ_{t+1}) v_t ⊗ k̃_t                 (δ_{t+1} = 0 at a sequence end)
+    y_t = U_t q̃_t − δ_{t+1} (q̃_t·k̃_t) v_t,      S_T = U_T,      U_0 = S_0 + δ_1 v_0 ⊗ k̃_0
+
+so the scan input is v_t scaled by (γ_t + δ_{t+1}) with B = k̃, C = q̃ and log-decay ADT, and
+the rest is a per-token diagonal term. (Equivalently ``K_t = S_t − γ_t v_t ⊗ k̃_t`` obeys
+``K_t = α_t K_{t−1} + (α_t γ_{t−1} + β_t) v_{t−1} ⊗ k̃_{t−1}``; the form above needs no
+shifted copy of v and k̃, only of the (b, l, h) scalars.) The rotary angles, biases and the
+gate are (b, l, h, ·) torch ops around the scan; autograd differentiates them and the scan.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._dtypes import accumulation_dtype
+from .._registry import BackendUnavailable, resolve
+from .ref import TWO_PI, rotate_pairs
+
+
+def _segments(cu_seqlens: Tensor | None, batch: int, L: int, device: torch.device):
+    """(seg (b, l) long: the sequence each token belongs to, first (s,) and last (s,) token
+    index along l, row (s,) batch row of each sequence)."""
+    if cu_seqlens is None:
+        ar = torch.arange(batch, device=device)
+        return (ar[:, None].expand(batch, L), torch.zeros_like(ar),
+                torch.full_like(ar, L - 1), ar)
+    cu = cu_seqlens.to(device=device, dtype=torch.long)
+    lengths = cu[1:] - cu[:-1]
+    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths,
+                                  output_size=L)
+    return seg[None], cu[:-1], cu[1:] - 1, torch.zeros_like(lengths)
+
+
+def mamba3_siso_chunked(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor,
+                        Trap: Tensor, Q_bias: Tensor, K_bias: Tensor, Angles: Tensor,
+                        D: Tensor | None = None, Z: Tensor | None = None,
+                        Input_States: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+                        chunk_size: int = 64, return_final_states: bool = False,
+                        cu_seqlens: Tensor | None = None, ssd_backend: str = "auto"):
+    from ..ssd import ssd_scan
+
+    acc = accumulation_dtype(V.dtype)
+    batch, L, hq, n = Q.shape
+    heads = V.shape[2]
+    a = Angles.shape[-1]
+    seg, first, last, row = _segments(cu_seqlens, batch, L, Q.device)
+    tl = lambda X: X.to(acc).transpose(1, 2)  # (b, h, l) -> (b, l, h)  # noqa: E731
+    adt, dt, lam = tl(ADT), tl(DT), torch.sigmoid(tl(Trap))
+
+    # cumulative angles, restarted per sequence (from the input angle state), mod 2π
+    inc = torch.tanh(Angles.to(acc)) * math.pi * dt[..., None]            # (b, l, h, a)
+    cs = inc.cumsum(dim=1)
+    if cu_seqlens is not None:  # subtract the running sum before each sequence's start
+        before = torch.cat((cs.new_zeros(1, 1, heads, a), cs[:, :-1]), dim=1)[0, first]
+        cs = cs - before[seg[0]][None]
+    if Input_States is not None:
+        cs = cs + Input_States[0].to(acc)[seg]
+    phi = cs - TWO_PI * torch.floor(cs / TWO_PI)
+    cos, sin = torch.cos(phi), torch.sin(phi)
+
+    rep = heads // hq
+    qb = Q.to(acc).repeat_interleave(rep, dim=2) + Q_bias.to(acc)          # (b, l, h, n)
+    kb = K.to(acc).repeat_interleave(rep, dim=2) + K_bias.to(acc)
+    q, k = rotate_pairs(qb, cos, sin), rotate_pairs(kb, cos, sin)
+
+    delta = (1 - lam) * dt                                                 # δ_t (b, l, h)
+    delta_next = F.pad(delta[:, 1:], (0, 0, 0, 1))
+    is_last = torch.zeros(batch, L, 1, dtype=torch.bool, device=Q.device)
+    is_last[row, last] = True
+    delta_next = delta_next.masked_fill(is_last, 0.0)
+    v = V.to(acc)
+    xs = v * (lam * dt + delta_next)[..., None]
+
+    init = None
+    if Input_States is not None:
+        _, S0, k0, v0 = (X.to(acc) for X in Input_States)
+        d1 = delta[row, first]                                             # (s, h)
+        init = S0 + d1[..., None, None] * v0[..., :, None] * k0[..., None, :]
+    y, S_T = ssd_scan(xs, adt, k, q, initial_states=init, cu_seqlens=cu_seqlens,
+                      return_final_states=True, chunk_size=chunk_size, backend=ssd_backend)
+    qk = (qb * kb).sum(-1)                                  # = q̃·k̃ (a rotation keeps it)
+    y = y - (delta_next * qk)[..., None] * v
+    if D is not None:
+        y = y + D.to(acc)[:, None] * v
+    if Z is not None:
+        y = y * F.silu(Z.to(acc))
+    y = y.to(V.dtype)
+    if not return_final_states:
+        return y
+    return (y, phi[row, last], S_T, k[row, last].to(K.dtype), V[row, last])
+
+
+def bound(ssd_backend: str) -> Callable:
+    """``mamba3_siso_chunked`` on a fixed ``ssd_scan`` backend; raises BackendUnavailable
+    when that backend cannot load here (so "auto" skips it)."""
+    from .. import ssd  # noqa: F401  (registers ssd_scan's backends)
+
+    device = "cuda" if ssd_backend != "cpu" and torch.cuda.is_available() else "cpu"
+    resolve("ssd_scan", ssd_backend, device)
+    return partial(mamba3_siso_chunked, ssd_backend=ssd_backend)

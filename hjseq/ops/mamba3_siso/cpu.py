@@ -1,0 +1,6 @@
+"""``mamba3_siso`` cpu backend: torch preprocessing around ``ssd_scan``'s chunked C++ kernel."""
+from .chunked import bound
+
+
+def load():
+    return bound("cpu")

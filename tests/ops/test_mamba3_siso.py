@@ -1,0 +1,265 @@
+"""mamba3_siso: the chunked backends (torch preprocessing + ssd_scan) vs the sequential
+reference (outputs, the four final states, every gradient, per dtype), GQA, varlen = separate
+sequences, state passing, decoding step = scan, and mamba-ssm's quadratic (chunk-attention)
+test reference as an independent oracle, transcribed below."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _utils import GRAD_RTOL, RTOL, assert_close, grads_of
+
+from hjseq.ops import mamba3_siso, mamba3_siso_step
+from hjseq.ops._registry import available
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16]
+_AVAIL = available("mamba3_siso", "cpu")
+BACKENDS = [n for n in ("cpu", "triton") if _AVAIL.get(n) is None]
+STATE_NAMES = ("angle", "ssm", "k", "v")
+
+
+def test_cpu_backend_loads():
+    assert "cpu" in BACKENDS, _AVAIL["cpu"]
+
+
+def _inputs(b=2, l=21, hq=1, h=4, n=8, p=4, a=2, nseq=None, states=True, D=True, Z=True,
+            dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    DT = F.softplus(r(b, h, l) - 1)
+    ADT = -torch.rand(b, h, l, generator=gen, dtype=torch.float64) * DT * 2
+    s = nseq or b
+    st = ((torch.rand(s, h, a, generator=gen, dtype=torch.float64) * 2 * math.pi,
+           r(s, h, p, n), r(s, h, n), r(s, h, p)) if states else None)
+    t = dict(Q=r(b, l, hq, n), K=r(b, l, hq, n), V=r(b, l, h, p), ADT=ADT, DT=DT,
+             Trap=r(b, h, l), Q_bias=r(h, n), K_bias=r(h, n), Angles=r(b, l, h, a),
+             D=r(h) if D else None, Z=r(b, l, h, p) if Z else None)
+    t = {k: None if v is None else v.to(dtype).requires_grad_() for k, v in t.items()}
+    if st is not None:
+        st = tuple(x.to(dtype if i >= 2 else torch.float64 if dtype == torch.float64
+                        else torch.float32).requires_grad_() for i, x in enumerate(st))
+    t["Input_States"] = st
+    return t
+
+
+def _leaves(ins):
+    out = [v for k, v in ins.items() if k != "Input_States" and v is not None]
+    return out + list(ins["Input_States"] or ())
+
+
+def _run(backend, ins, chunk=8, cu=None, grads=True):
+    y, *fin = mamba3_siso(**ins, chunk_size=chunk, return_final_states=True, cu_seqlens=cu,
+                          backend=backend)
+    res = [y, *fin]
+    return res + (grads_of(res, _leaves(ins)) if grads else [])
+
+
+def _names(ins):
+    keys = [k for k, v in ins.items() if k != "Input_States" and v is not None]
+    st = [f"d{s}_state" for s in STATE_NAMES] if ins["Input_States"] is not None else []
+    return ["out", *(f"{s}_state" for s in STATE_NAMES), *(f"d{k}" for k in keys), *st]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("states", [False, True])
+def test_matches_ref(backend, dtype, states):
+    # GQA (2 Q/K heads, 4 V heads), partial rotary (a = 3 < n/2), partial last chunk
+    ins = _inputs(l=21, hq=2, h=4, n=8, p=4, a=3, states=states, dtype=dtype)
+    ref, out = _run("ref", ins), _run(backend, ins)
+    assert out[0].dtype == dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert out[1].dtype == acc and out[2].dtype == acc
+    for name, r, o in zip(_names(ins), ref, out):
+        tol = (RTOL if name in ("out", "ssm_state") else GRAD_RTOL)[dtype]
+        assert_close(r, o, tol, f"{backend} {dtype} {name}")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_chunk_size_only_changes_roundoff(chunk):
+    ins = _inputs(l=13)
+    ref, out = _run("ref", ins, grads=False), _run("cpu", ins, chunk=chunk, grads=False)
+    for name, r, o in zip(_names(ins), ref, out):
+        assert_close(r, o, 1e-12, name)
+
+
+def test_without_D_and_Z():
+    ins = _inputs(D=False, Z=False, l=9)
+    for name, r, o in zip(_names(ins), _run("ref", ins), _run("cpu", ins)):
+        assert_close(r, o, 1e-10, name)
+
+
+@pytest.mark.parametrize("backend", ["ref", *BACKENDS])
+def test_varlen_equals_separate_sequences(backend):
+    lens = [5, 1, 11]
+    ins = _inputs(b=1, l=sum(lens), nseq=len(lens), hq=1, h=2)
+    cu = torch.tensor([0, 5, 6, 17], dtype=torch.int32)
+    y, *fin = mamba3_siso(**ins, chunk_size=4, return_final_states=True, cu_seqlens=cu,
+                          backend=backend)
+    for s, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        one = {k: v for k, v in ins.items()}
+        for k in ("Q", "K", "V", "Angles", "Z"):
+            one[k] = ins[k][:, lo:hi]
+        for k in ("ADT", "DT", "Trap"):
+            one[k] = ins[k][:, :, lo:hi]
+        one["Input_States"] = tuple(x[s:s + 1] for x in ins["Input_States"])
+        ys, *fs = mamba3_siso(**one, return_final_states=True, backend="ref")
+        assert_close(ys, y[:, lo:hi], 1e-12, f"seq {s} out")
+        for name, f1, f2 in zip(STATE_NAMES, fs, fin):
+            assert_close(f1[0], f2[s], 1e-12, f"seq {s} {name} state")
+
+
+@pytest.mark.parametrize("backend", ["ref", *BACKENDS])
+def test_state_passing(backend):
+    """Scanning [0, m) then [m, l) from the returned states equals one scan over [0, l)."""
+    ins = _inputs(l=19)
+    y, *fin = mamba3_siso(**ins, return_final_states=True, backend=backend, chunk_size=4)
+    m = 7
+    cut = lambda lo, hi: {**{k: ins[k][:, lo:hi] for k in ("Q", "K", "V", "Angles", "Z")},  # noqa: E731
+                          **{k: ins[k][:, :, lo:hi] for k in ("ADT", "DT", "Trap")},
+                          "Q_bias": ins["Q_bias"], "K_bias": ins["K_bias"], "D": ins["D"]}
+    y1, *f1 = mamba3_siso(**cut(0, m), Input_States=ins["Input_States"],
+                          return_final_states=True, backend=backend, chunk_size=4)
+    y2, *f2 = mamba3_siso(**cut(m, 19), Input_States=tuple(f1), return_final_states=True,
+                          backend=backend, chunk_size=4)
+    assert_close(y, torch.cat([y1, y2], dim=1), 1e-12, "out")
+    for name, a, b in zip(STATE_NAMES, fin, f2):
+        assert_close(a, b, 1e-12, f"{name} state")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_step_equals_scan(dtype):
+    ins = _inputs(l=6, hq=2, h=4, dtype=dtype)
+    y, *fin = mamba3_siso(**ins, return_final_states=True, backend="cpu", chunk_size=4)
+    st = ins["Input_States"]
+    for t in range(6):
+        yt, st = mamba3_siso_step(
+            ins["Q"][:, t], ins["K"][:, t], ins["V"][:, t], ins["ADT"][:, :, t],
+            ins["DT"][:, :, t], ins["Trap"][:, :, t], ins["Q_bias"], ins["K_bias"],
+            ins["Angles"][:, t], ins["D"], ins["Z"][:, t], st)
+        assert_close(y[:, t], yt, RTOL[dtype], f"out {t}")
+    for name, a, b in zip(STATE_NAMES, fin, st):
+        assert a.dtype == b.dtype, name
+        assert_close(a, b, RTOL[dtype], f"{name} state")
+
+
+def test_lambda_one_is_mamba2_ssd():
+    """λ = 1 (Trap → +∞) leaves γ = Δ, β = 0: Mamba-2's SSD scan of v·Δ with B = k̃, C = q̃."""
+    from hjseq.ops import ssd_scan
+    from hjseq.ops.mamba3_siso.ref import rotate_pairs
+
+    ins = _inputs(l=10, states=False, D=False, Z=False, a=4, n=8)
+    with torch.no_grad():
+        ins["Trap"].fill_(float("inf"))
+        y = mamba3_siso(**ins, backend="ref")
+        phi = (torch.tanh(ins["Angles"]) * math.pi * ins["DT"].transpose(1, 2)[..., None]
+               ).cumsum(1)
+        rep = 4
+        q = rotate_pairs(ins["Q"].repeat_interleave(rep, 2) + ins["Q_bias"], phi.cos(), phi.sin())
+        k = rotate_pairs(ins["K"].repeat_interleave(rep, 2) + ins["K_bias"], phi.cos(), phi.sin())
+        ys = ssd_scan(ins["V"] * ins["DT"].transpose(1, 2)[..., None],
+                      ins["ADT"].transpose(1, 2), k, q, backend="ref")
+    assert_close(ys, y, 1e-12, "out")
+
+
+# ---------------------------------------------------------------- mamba-ssm's test oracle
+def _segsum(x):
+    T = x.size(-1)
+    x = x[..., None].expand(*x.shape, T)
+    x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1), 0)
+    x = torch.cumsum(x, dim=-2)
+    return x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=0), -torch.inf)
+
+
+def _mamba_fwd_ref(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, states):
+    """Our transcription (float64 throughout, one batch row at a time) of
+    ``mamba3_siso_fwd_ref`` from mamba-ssm's tests/ops/triton/test_mamba3_siso.py: the
+    quadratic chunk-attention form, a different algorithm from both of ours."""
+    b, l, hq, n = Q.shape
+    h = V.shape[2]
+    Angles = torch.tanh(Angles) * math.pi
+    Q, K = Q.repeat_interleave(h // hq, 2), K.repeat_interleave(h // hq, 2)
+
+    def rot(x, c, s):
+        a = c.shape[-1]
+        c = F.pad(c, (0, n // 2 - a), value=1.0)
+        s = F.pad(s, (0, n // 2 - a), value=0.0)
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(-2)
+
+    outs, finals = [], []
+    for i in range(b):
+        adt, dt, trap = ADT[i], DT[i], torch.sigmoid(Trap[i])
+        ang = torch.cumsum(Angles[i] * dt.transpose(0, 1)[..., None], 0)
+        if states is not None:
+            ang = ang + states[0][i][None]
+        ang = ang - 2 * math.pi * torch.floor(ang / (2 * math.pi))
+        if states is not None:
+            acc = states[1][i] + states[3][i][:, :, None] * states[2][i][:, None, :] * (
+                dt[:, 0] * (1 - trap[:, 0]))[:, None, None]
+        else:
+            acc = torch.zeros(h, V.shape[-1], n, dtype=V.dtype)
+        dt_s, trap_s = F.pad(dt[:, 1:], (0, 1)), F.pad(trap[:, 1:], (0, 1))
+        shifted_gamma = dt_s * (1 - trap_s)
+        scale = dt * trap + shifted_gamma
+        q, k = Q[i] + Q_bias, K[i] + K_bias
+        qk_dot = (k * q).sum(-1) * shifted_gamma.transpose(0, 1)
+        q, k = rot(q, ang.cos(), ang.sin()), rot(k, ang.cos(), ang.sin())
+        ks = k * scale.transpose(0, 1)[..., None]
+        qk = torch.tril(torch.einsum("thd,shd->hts", q, ks)) * torch.exp(_segsum(adt))
+        out = torch.einsum("hts,shd->thd", qk, V[i])
+        out = out + torch.einsum("hDd,thd,ht->thD", acc, q, torch.exp(torch.cumsum(adt, -1)))
+        if D is not None:
+            out = out + D[None, :, None] * V[i]
+        out = out - V[i] * qk_dot[..., None]
+        if Z is not None:
+            out = out * Z[i] * torch.sigmoid(Z[i])
+        outs.append(out)
+        rev = torch.exp(adt.sum(-1, keepdim=True) - torch.cumsum(adt, -1))
+        final = acc * torch.exp(adt.sum(-1))[:, None, None] + torch.einsum(
+            "thd,thD->hDd", ks, V[i] * rev.transpose(0, 1)[..., None])
+        finals.append((ang[-1], final, k[-1], V[i][-1]))
+    return torch.stack(outs), tuple(torch.stack(f) for f in zip(*finals))
+
+
+@pytest.mark.parametrize("states", [False, True])
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+def test_matches_mamba_ssm_quadratic_reference(backend, states):
+    ins = _inputs(l=17, hq=1, h=4, n=8, a=2, states=states)
+    with torch.no_grad():
+        y, *fin = mamba3_siso(**ins, return_final_states=True, backend=backend, chunk_size=4)
+        yr, fr = _mamba_fwd_ref(*(ins[k] for k in ("Q", "K", "V", "ADT", "DT", "Trap",
+                                                  "Q_bias", "K_bias", "Angles", "D", "Z",
+                                                  "Input_States")))
+    assert_close(yr, y, 1e-10, "out")
+    for name, a, b in zip(STATE_NAMES, fr, fin):
+        assert_close(a, b, 1e-10, f"{name} state")
+
+
+# ---------------------------------------------------------------- validation
+def test_bad_inputs_name_the_argument():
+    ins = _inputs(states=False)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="multiple of the Q/K heads"):
+            mamba3_siso(**{**ins, "Q": ins["Q"].repeat(1, 1, 3, 1),
+                           "K": ins["K"].repeat(1, 1, 3, 1)})
+        with pytest.raises(ValueError, match="ADT must have shape"):
+            mamba3_siso(**{**ins, "ADT": ins["ADT"].transpose(1, 2)})
+        with pytest.raises(ValueError, match="Angles has a = 5"):
+            mamba3_siso(**{**ins, "Angles": torch.zeros(2, 21, 4, 5, dtype=torch.float64)})
+        with pytest.raises(ValueError, match="DT contains NaN"):
+            bad = ins["DT"].detach().clone()
+            bad[0, 0, 3] = float("nan")
+            mamba3_siso(**{**ins, "DT": bad})
+        with pytest.raises(TypeError, match="Input_States must be a 4-tuple"):
+            mamba3_siso(**{**ins, "Input_States": (torch.zeros(2, 4, 2),)})
+        with pytest.raises(ValueError, match="at least one token"):
+            one = {k: (v[:1] if k not in ("Q_bias", "K_bias", "D") and v is not None else v)
+                   for k, v in ins.items()}
+            mamba3_siso(**one, cu_seqlens=torch.tensor([0, 0, 21], dtype=torch.int32))
+        with pytest.raises(ValueError, match="chunk_size"):
+            mamba3_siso(**ins, chunk_size=0)
+        with pytest.raises(ValueError, match="backend"):
+            mamba3_siso(**ins, backend="nope")
