@@ -1,0 +1,461 @@
+// Fused per-token decoding step of a whole HJLM on the CPU: one call advances every block
+// by one token for a batch of B rows and returns the logits.
+//
+//   x = embedding[id]                                                   (B, d)
+//   per block:  x ← x + mixer(RMSNorm(x))
+//     mamba:  xi, z = in_proj(h);  u = silu(conv_bias + Σ_k w_k [conv_state; xi]_k)
+//             (conv_state shifts by one);  dt, Bv, Cv = x_proj(u);
+//             Δ = softplus(dt_proj(dt) + b);  s ← exp(ΔA) s + B̄ u  (B̄ = Δ B | Δ φ1(ΔA) B);
+//             y = (C·s + D u) ⊙ silu(z);  out_proj(y)
+//     rnn:    s ← s + Δ(−s + tanh(W_ih h + b_ih + W_hh s + b_hh));           out_proj(s)
+//     gru:    r, q = σ(·), n = tanh(gi_n + r ⊙ gh_n);  s ← s + Δ(1 − q)(n − s);  out_proj(s)
+//     lstm:   i, f, g, o;  c ← c + Δ(−(1 − f) c + i g);  s = o tanh(c);          out_proj(s)
+//     lse:    u_k = ε logsumexp_j(z_kj / ε) (max at ε = 0), z = in_proj(h);   out_proj(u)
+//   logits = lm_head(RMSNorm_f(x))
+//
+// Activations, states and accumulation are in T (double for a float64 model, float
+// otherwise). Each projection's weight is stored as T, bfloat16 (fp32 accumulation) or
+// int8 with one float scale per output row (y_o = scale_o Σ_i q_oi x_i): decoding reads every
+// weight once per token, so fewer bytes per weight is the speed-up. A projection is a GEMV
+// per batch row: blocks of 4 output rows (dequantised once into an L1 buffer for
+// bf16/int8) against all B inputs, split over threads by output rows. States are updated
+// in place.
+#include "common.h"
+
+#include <pybind11/stl.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+enum WKind { kSame = 0, kBF16 = 1, kInt8 = 2 };
+
+struct Lin {
+  at::Tensor w, scale, bias;  // w (out, in) contiguous; scale (out,) float; bias (out,) T
+  int kind = kSame;
+  int64_t out = 0, in = 0;
+};
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+const at::Tensor& get(const TensorMap& t, const std::string& k) {
+  auto it = t.find(k);
+  TORCH_CHECK(it != t.end(), "decode_step: missing tensor '", k, "'");
+  return it->second;
+}
+
+Lin make_lin(const TensorMap& t, const std::string& name, at::ScalarType T) {
+  Lin L;
+  L.w = get(t, name + ".weight").contiguous();
+  TORCH_CHECK(L.w.dim() == 2, name, ".weight must be 2-D");
+  L.out = L.w.size(0);
+  L.in = L.w.size(1);
+  if (L.w.scalar_type() == T) {
+    L.kind = kSame;
+  } else if (L.w.scalar_type() == at::kBFloat16 && T == at::kFloat) {
+    L.kind = kBF16;
+  } else if (L.w.scalar_type() == at::kChar && T == at::kFloat) {
+    L.kind = kInt8;
+    L.scale = get(t, name + ".scale").to(at::kFloat).contiguous();
+    TORCH_CHECK(L.scale.numel() == L.out, name, ".scale must have one entry per row");
+  } else {
+    TORCH_CHECK(false, "decode_step: ", name, ".weight has dtype ", L.w.scalar_type(),
+                ", unsupported for activations of dtype ", T);
+  }
+  auto it = t.find(name + ".bias");
+  if (it != t.end() && it->second.defined()) L.bias = it->second.to(T).contiguous();
+  return L;
+}
+
+HJSEQ_INLINE float bf16_to_float(uint16_t u) {
+  return hjseq::bit_cast_float(static_cast<int32_t>(static_cast<uint32_t>(u) << 16));
+}
+
+constexpr int64_t kRows = 4;  // output rows per block
+
+// y[b, o] (+)= bias[o] + scale[o] Σ_i W[o, i] x[b, i] for b < B, o < out.
+template <typename T>
+void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
+            bool accumulate) {
+  const int64_t in = L.in, nblk = (L.out + kRows - 1) / kRows;
+  const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
+  const float* scale = L.kind == kInt8 ? L.scale.data_ptr<float>() : nullptr;
+  // enough rows per task that one task streams >= 64k weights (small layers: one thread)
+  const int64_t grain = std::max<int64_t>(1, 65536 / (in * kRows * std::max<int64_t>(B, 1)));
+  at::parallel_for(0, nblk, grain, [&](int64_t lo, int64_t hi) {
+    std::vector<T> buf(L.kind == kSame ? 0 : kRows * in);
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      const int64_t o0 = blk * kRows, nr = std::min<int64_t>(kRows, L.out - o0);
+      const T* rows[kRows];
+      if (L.kind == kSame) {
+        const T* w = L.w.data_ptr<T>();
+        for (int64_t r = 0; r < kRows; ++r) rows[r] = w + (o0 + std::min(r, nr - 1)) * in;
+      } else {
+        for (int64_t r = 0; r < nr; ++r) {
+          T* dst = buf.data() + r * in;
+          if (L.kind == kBF16) {
+            const uint16_t* src = reinterpret_cast<const uint16_t*>(L.w.data_ptr()) + (o0 + r) * in;
+#pragma omp simd
+            for (int64_t i = 0; i < in; ++i) dst[i] = bf16_to_float(src[i]);
+          } else {
+            const int8_t* src = L.w.data_ptr<int8_t>() + (o0 + r) * in;
+#pragma omp simd
+            for (int64_t i = 0; i < in; ++i) dst[i] = static_cast<T>(src[i]);
+          }
+        }
+        for (int64_t r = 0; r < kRows; ++r) rows[r] = buf.data() + std::min(r, nr - 1) * in;
+      }
+      const T *w0 = rows[0], *w1 = rows[1], *w2 = rows[2], *w3 = rows[3];
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xb = x + b * ldx;
+        T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int64_t i = 0; i < in; ++i) {
+          const T xv = xb[i];
+          a0 += w0[i] * xv;
+          a1 += w1[i] * xv;
+          a2 += w2[i] * xv;
+          a3 += w3[i] * xv;
+        }
+        const T acc[kRows] = {a0, a1, a2, a3};
+        T* yb = y + b * ldy + o0;
+        for (int64_t r = 0; r < nr; ++r) {
+          T v = scale ? acc[r] * static_cast<T>(scale[o0 + r]) : acc[r];
+          if (bias) v += bias[o0 + r];
+          yb[r] = accumulate ? yb[r] + v : v;
+        }
+      }
+    }
+  });
+}
+
+// out[b] = w ⊙ x[b] / sqrt(mean(x[b]²) + eps)
+template <typename T>
+void rmsnorm(const T* x, const T* w, int64_t B, int64_t d, T eps, T* out) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * d;
+    T ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < d; ++i) ss += xb[i] * xb[i];
+    const T r = T(1) / std::sqrt(ss / T(d) + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) out[b * d + i] = w[i] * (xb[i] * r);
+  }
+}
+
+template <typename T>
+HJSEQ_INLINE T phi1(T u) {
+  if (u > T(-0.5) && u < T(0.5)) {
+    constexpr int K = std::is_same_v<T, double> ? 17 : 9;
+    T p = 1;
+    for (int k = K; k >= 1; --k) p = T(1) + u / T(k + 1) * p;
+    return p;
+  }
+  return std::expm1(u) / u;
+}
+
+enum Kind { kMamba = 0, kRNN = 1, kGRU = 2, kLSTM = 3, kLSE = 4 };
+
+struct Layer {
+  int kind = 0;
+  at::Tensor norm_w;        // (d,) T
+  double norm_eps = 1e-5;
+  Lin in_proj, x_proj, dt_proj, out_proj, w_ih, w_hh;
+  at::Tensor conv_w, conv_b, A, D;  // (Di, W) T, (Di,) T, (Di, N) T, (Di,) T
+  int64_t d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0, hidden = 0, units = 0,
+          atoms = 0;
+  bool zoh = false;
+  double dt = 1.0, eps = 1.0;
+  int n_states() const {
+    return kind == kMamba || kind == kLSTM ? 2 : (kind == kLSE ? 0 : 1);
+  }
+};
+
+template <typename T>
+const T* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+// Scratch buffers, grown on demand and reused across calls.
+template <typename T>
+struct Scratch {
+  std::vector<T> h, a, b, c, d;
+  void fit(std::vector<T>& v, int64_t n) { if ((int64_t)v.size() < n) v.resize(n); }
+};
+
+template <typename T>
+void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Tensor& conv,
+                at::Tensor& ssm, Scratch<T>& S) {
+  const int64_t Di = L.d_inner, N = L.d_state, W = L.d_conv, R = L.dt_rank;
+  const int64_t ldx = R + 2 * N;
+  S.fit(S.a, B * 2 * Di);
+  S.fit(S.b, B * Di);
+  S.fit(S.c, B * ldx);
+  S.fit(S.d, B * Di);
+  T *xz = S.a.data(), *u = S.b.data(), *xdbl = S.c.data(), *y = S.d.data();
+  linear<T>(L.in_proj, h, B, dm, xz, 2 * Di, false);
+  T* cs = conv.data_ptr<T>();
+  const T *cw = ptr<T>(L.conv_w), *cb = ptr<T>(L.conv_b);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t d = 0; d < Di; ++d) {
+      T* st = cs + (b * Di + d) * (W - 1);
+      const T* w = cw + d * W;
+      const T xi = xz[b * 2 * Di + d];
+      T pre = (cb ? cb[d] : T(0)) + w[W - 1] * xi;
+      for (int64_t k = 0; k < W - 1; ++k) pre += w[k] * st[k];
+      for (int64_t k = 0; k + 1 < W - 1; ++k) st[k] = st[k + 1];
+      if (W > 1) st[W - 2] = xi;
+      u[b * Di + d] = hjseq::silu_(pre);
+    }
+  }
+  linear<T>(L.x_proj, u, B, Di, xdbl, ldx, false);
+  linear<T>(L.dt_proj, xdbl, B, ldx, y, Di, false);  // Δ before softplus, into y
+  T* hs = ssm.data_ptr<T>();
+  const T *A = ptr<T>(L.A), *Dv = ptr<T>(L.D);
+  const bool zoh = L.zoh;
+  at::parallel_for(0, B * Di, std::max<int64_t>(1, 4096 / N), [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      const int64_t b = j / Di, d = j % Di;
+      const T delta = hjseq::softplus_(y[j]);
+      const T uv = u[j];
+      const T* Bv = xdbl + b * ldx + R;
+      const T* Cv = Bv + N;
+      const T* Ar = A + d * N;
+      T* hr = hs + j * N;
+      T acc = 0;
+      if (!zoh) {
+        const T du = delta * uv;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t n = 0; n < N; ++n) {
+          const T hv = hjseq::exp_(delta * Ar[n]) * hr[n] + du * Bv[n];
+          hr[n] = hv;
+          acc += hv * Cv[n];
+        }
+      } else {
+        for (int64_t n = 0; n < N; ++n) {
+          const T dA = delta * Ar[n];
+          const T hv = hjseq::exp_(dA) * hr[n] + delta * phi1(dA) * uv * Bv[n];
+          hr[n] = hv;
+          acc += hv * Cv[n];
+        }
+      }
+      acc += Dv[d] * uv;
+      y[j] = acc * hjseq::silu_(xz[b * 2 * Di + Di + d]);
+    }
+  });
+  linear<T>(L.out_proj, y, B, Di, x, dm, true);
+}
+
+template <typename T>
+void cell_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Tensor* st,
+               Scratch<T>& S) {
+  const int64_t H = L.hidden, G = L.w_ih.out;
+  S.fit(S.a, B * G);
+  S.fit(S.b, B * G);
+  T *gi = S.a.data(), *gh = S.b.data();
+  T* s = st[0].data_ptr<T>();
+  T* c = L.kind == kLSTM ? st[1].data_ptr<T>() : nullptr;
+  linear<T>(L.w_ih, h, B, dm, gi, G, false);
+  linear<T>(L.w_hh, s, B, H, gh, G, false);
+  const T dt = static_cast<T>(L.dt);
+  for (int64_t b = 0; b < B; ++b) {
+    const T *pi = gi + b * G, *ph = gh + b * G;
+    T* sb = s + b * H;
+    for (int64_t k = 0; k < H; ++k) {
+      if (L.kind == kRNN) {
+        sb[k] += dt * (hjseq::tanh_(pi[k] + ph[k]) - sb[k]);
+      } else if (L.kind == kGRU) {
+        const T r = hjseq::sigmoid_(pi[k] + ph[k]);
+        const T q = hjseq::sigmoid_(pi[H + k] + ph[H + k]);
+        const T n = hjseq::tanh_(pi[2 * H + k] + r * ph[2 * H + k]);
+        sb[k] += dt * (T(1) - q) * (n - sb[k]);
+      } else {
+        const T i = hjseq::sigmoid_(pi[k] + ph[k]);
+        const T f = hjseq::sigmoid_(pi[H + k] + ph[H + k]);
+        const T g = hjseq::tanh_(pi[2 * H + k] + ph[2 * H + k]);
+        const T o = hjseq::sigmoid_(pi[3 * H + k] + ph[3 * H + k]);
+        T& cb = c[b * H + k];
+        cb += dt * (-(T(1) - f) * cb + i * g);
+        sb[k] = o * hjseq::tanh_(cb);
+      }
+    }
+  }
+  linear<T>(L.out_proj, s, B, H, x, dm, true);
+}
+
+template <typename T>
+void lse_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, Scratch<T>& S) {
+  const int64_t U = L.units, A = L.atoms;
+  S.fit(S.a, B * U * A);
+  S.fit(S.b, B * U);
+  T *z = S.a.data(), *u = S.b.data();
+  linear<T>(L.in_proj, h, B, dm, z, U * A, false);
+  const T eps = static_cast<T>(L.eps);
+  for (int64_t j = 0; j < B * U; ++j) {
+    const T* zj = z + j * A;
+    T m = zj[0];
+    for (int64_t a = 1; a < A; ++a) m = std::max(m, zj[a]);
+    if (eps == T(0)) {
+      u[j] = m;
+    } else {
+      T s = 0;
+      for (int64_t a = 0; a < A; ++a) s += std::exp((zj[a] - m) / eps);
+      u[j] = m + eps * std::log(s);
+    }
+  }
+  linear<T>(L.out_proj, u, B, U, x, dm, true);
+}
+
+class Model {
+ public:
+  Model(const TensorMap& top, const std::vector<TensorMap>& tensors,
+        const std::vector<std::map<std::string, double>>& scalars, const std::string& dtype)
+      : T_(dtype == "float64" ? at::kDouble : at::kFloat) {
+    TORCH_CHECK(dtype == "float64" || dtype == "float32", "decode_step: dtype must be "
+                "float32 or float64, got ", dtype);
+    TORCH_CHECK(tensors.size() == scalars.size(), "one scalar map per layer");
+    emb_ = get(top, "embedding").to(T_).contiguous();
+    norm_f_ = get(top, "norm_f").to(T_).contiguous();
+    norm_f_eps_ = get(top, "norm_f_eps").item<double>();
+    head_ = make_lin(top, "lm_head", T_);
+    d_ = emb_.size(1);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      const auto& s = scalars[i];
+      auto num = [&](const char* k) {
+        auto it = s.find(k);
+        TORCH_CHECK(it != s.end(), "decode_step: layer ", i, " misses scalar '", k, "'");
+        return it->second;
+      };
+      Layer L;
+      L.kind = static_cast<int>(num("kind"));
+      L.norm_w = get(t, "norm").to(T_).contiguous();
+      L.norm_eps = num("norm_eps");
+      if (L.kind == kMamba) {
+        L.in_proj = make_lin(t, "in_proj", T_);
+        L.x_proj = make_lin(t, "x_proj", T_);
+        L.dt_proj = make_lin(t, "dt_proj", T_);
+        L.out_proj = make_lin(t, "out_proj", T_);
+        L.conv_w = get(t, "conv_w").to(T_).contiguous();
+        auto cb = t.find("conv_b");
+        if (cb != t.end()) L.conv_b = cb->second.to(T_).contiguous();
+        L.A = get(t, "A").to(T_).contiguous();
+        L.D = get(t, "D").to(T_).contiguous();
+        L.d_inner = L.A.size(0);
+        L.d_state = L.A.size(1);
+        L.d_conv = L.conv_w.size(1);
+        L.dt_rank = L.dt_proj.in;
+        L.zoh = num("zoh") != 0;
+        TORCH_CHECK(L.in_proj.out == 2 * L.d_inner && L.x_proj.out == L.dt_rank + 2 * L.d_state,
+                    "decode_step: inconsistent mamba shapes in layer ", i);
+      } else if (L.kind == kRNN || L.kind == kGRU || L.kind == kLSTM) {
+        L.w_ih = make_lin(t, "w_ih", T_);
+        L.w_hh = make_lin(t, "w_hh", T_);
+        L.out_proj = make_lin(t, "out_proj", T_);
+        L.hidden = L.w_hh.in;
+        L.dt = num("dt");
+      } else if (L.kind == kLSE) {
+        L.in_proj = make_lin(t, "in_proj", T_);
+        L.out_proj = make_lin(t, "out_proj", T_);
+        L.units = static_cast<int64_t>(num("units"));
+        L.atoms = static_cast<int64_t>(num("atoms"));
+        L.eps = num("eps");
+      } else {
+        TORCH_CHECK(false, "decode_step: unknown layer kind ", L.kind);
+      }
+      layers_.push_back(std::move(L));
+    }
+  }
+
+  // ids (B,) int64; states: the flat list of every layer's state tensors (T, contiguous),
+  // updated in place. Returns logits (B, vocab) in T.
+  at::Tensor step(const at::Tensor& ids_in, std::vector<at::Tensor> states) {
+    TORCH_CHECK(ids_in.dim() == 1 && ids_in.scalar_type() == at::kLong, "ids must be int64 (B,)");
+    const at::Tensor ids = ids_in.contiguous();
+    size_t want = 0;
+    for (const auto& L : layers_) want += L.n_states();
+    TORCH_CHECK(states.size() == want, "decode_step: expected ", want, " state tensors, got ",
+                states.size());
+    for (auto& s : states) {
+      hjseq::check_cpu_contig(s, "state");
+      TORCH_CHECK(s.scalar_type() == T_, "state tensors must be ", T_);
+      TORCH_CHECK(s.size(0) == ids.size(0), "state batch != ids batch");
+    }
+    at::Tensor logits = at::empty({ids.size(0), head_.out}, emb_.options());
+    AT_DISPATCH_FLOATING_TYPES(T_, "decode_step", [&] { run<scalar_t>(ids, states, logits); });
+    return logits;
+  }
+
+  int64_t weight_bytes() const {
+    auto bytes = [](const Lin& L) {
+      return L.w.defined() ? L.w.numel() * L.w.element_size() +
+                                 (L.scale.defined() ? L.scale.numel() * 4 : 0) +
+                                 (L.bias.defined() ? L.bias.numel() * L.bias.element_size() : 0)
+                           : 0;
+    };
+    auto tb = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
+    int64_t n = bytes(head_) + tb(norm_f_);
+    for (const auto& L : layers_) {
+      n += tb(L.norm_w) + bytes(L.in_proj) + bytes(L.x_proj) + bytes(L.dt_proj) +
+           bytes(L.out_proj) + bytes(L.w_ih) + bytes(L.w_hh) + tb(L.conv_w) + tb(L.conv_b) +
+           tb(L.A) + tb(L.D);
+    }
+    return n;
+  }
+
+ private:
+  template <typename T>
+  void run(const at::Tensor& ids, std::vector<at::Tensor>& states, at::Tensor& logits) {
+    const int64_t B = ids.size(0), d = d_, V = emb_.size(0);
+    const int64_t* id = ids.data_ptr<int64_t>();
+    Scratch<T>& S = scratch<T>();
+    S.fit(S.h, 2 * B * d);
+    T *x = S.h.data(), *h = S.h.data() + B * d;
+    const T* E = emb_.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(id[b] >= 0 && id[b] < V, "token id ", id[b], " outside [0, ", V, ")");
+      std::memcpy(x + b * d, E + id[b] * d, d * sizeof(T));
+    }
+    size_t si = 0;
+    for (const auto& L : layers_) {
+      rmsnorm<T>(x, L.norm_w.data_ptr<T>(), B, d, static_cast<T>(L.norm_eps), h);
+      if (L.kind == kMamba) {
+        mamba_step<T>(L, x, h, B, d, states[si], states[si + 1], S);
+      } else if (L.kind == kLSE) {
+        lse_step<T>(L, x, h, B, d, S);
+      } else {
+        cell_step<T>(L, x, h, B, d, &states[si], S);
+      }
+      si += L.n_states();
+    }
+    rmsnorm<T>(x, norm_f_.data_ptr<T>(), B, d, static_cast<T>(norm_f_eps_), h);
+    linear<T>(head_, h, B, d, logits.data_ptr<T>(), head_.out, false);
+  }
+
+  template <typename T>
+  Scratch<T>& scratch() {
+    if constexpr (std::is_same_v<T, double>) return sd_; else return sf_;
+  }
+
+  at::ScalarType T_;
+  at::Tensor emb_, norm_f_;
+  double norm_f_eps_ = 1e-5;
+  Lin head_;
+  int64_t d_ = 0;
+  std::vector<Layer> layers_;
+  Scratch<float> sf_;
+  Scratch<double> sd_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<Model>(m, "Model")
+      .def(py::init<const TensorMap&, const std::vector<TensorMap>&,
+                    const std::vector<std::map<std::string, double>>&, const std::string&>())
+      .def("step", &Model::step, py::call_guard<py::gil_scoped_release>())
+      .def("weight_bytes", &Model::weight_bytes);
+}
