@@ -89,19 +89,17 @@ if triton is not None:
         return a1 * a2, a2 * b1 + b2
 
     @triton.jit
-    def _xor_combine(a, b):
-        return a ^ b
-
-    @triton.jit
     def flip_time(x, AXIS: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr):
         """``x`` reversed along axis ``AXIS`` (of length ``2**LOG2_T``), bit-exactly: the
-        axis is split into LOG2_T axes of length 2 and each pair swapped by an xor of the bit
-        patterns (``IDT``: the integer type of x's width), ``e ^ (e ^ e') = e'``."""
+        axis is split into LOG2_T axes of length 2 and each pair (e, e') swapped as
+        ``(e + e') - e`` on the integer bit patterns (``IDT``: the integer type of x's
+        width), which wrap-around arithmetic makes exact for every pattern, NaNs included."""
         y = tl.reshape(x.to(IDT, bitcast=True),
                        x.shape[:AXIS] + [2] * LOG2_T + x.shape[AXIS + 1:])
         for i in tl.static_range(LOG2_T):
-            y = y ^ tl.reduce(y, AXIS + i, _xor_combine, keep_dims=True)
+            y = tl.sum(y, AXIS + i, keep_dims=True) - y
         return tl.reshape(y, x.shape).to(x.dtype, bitcast=True)
+
 else:  # pragma: no cover - only without triton
     scan_combine = flip_time = None
 
