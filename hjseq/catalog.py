@@ -13,9 +13,11 @@ from .engine import register_kernel
 from .hamiltonians import GRU, LSTM, ElmanRNN, LinearSSM
 from .models.kinds import register_block
 from .models.lm import LSEMLP, AttentionMixer
+from .nn.attention import POSITIONS
 from .nn.base import recurrent_scan_kernel
 from .nn.gru import HJGRU
 from .nn.lstm import HJLSTM
+from .nn.mamba2 import HJMamba2
 from .nn.rnn import HJRNN
 from .nn.ssm import HJMamba, selective_scan_kernel
 
@@ -54,6 +56,7 @@ register_block("mamba", HJMamba, aliases=("ssm",), options={
 
 def _attention(d_model: int, o: dict) -> AttentionMixer:
     heads = o.pop("n_heads", max(1, d_model // 64))
+    o.setdefault("pos", "rope")  # HJLM attention blocks are rotary unless a config says "none"
     return AttentionMixer(d_model, heads, causal=True, **o)
 
 
@@ -61,10 +64,35 @@ register_block("attention", AttentionMixer, build=_attention, options={
     "n_heads": ((int,), "number of heads (must divide d_model)"),
     "eps": ((float, type(None)), "temperature; default sqrt(d_head) = softmax attention"),
     "bias": ((bool,), "biases in the q/k/v/out projections"),
+    "pos": ((str,), f"positions: {' | '.join(POSITIONS)} (default rope: rotary; none = NoPE)"),
+    "rope_base": ((float,), "base of the rotary frequencies (default 10000)"),
 })
 
 register_block("lse", LSEMLP, options={
     "n_units": ((int,), "number of LSE units (default 2 * d_model)"),
     "n_atoms": ((int,), "atoms per unit (default 4)"),
     "eps": ((float,), "temperature (viscosity); 0 = tropical max"),
+})
+
+register_block("mamba2", HJMamba2, options={
+    "d_state": ((int,), "state size N per head"),
+    "d_conv": ((int,), "causal depthwise conv width"),
+    "expand": ((int, float), "inner width = expand * d_model"),
+    "headdim": ((int,), "head size P (heads = d_ssm / headdim)"),
+    "d_ssm": ((int, type(None)), "channels through the SSM (default: all); the rest is a gated MLP"),
+    "ngroups": ((int,), "B/C groups (must divide the number of heads)"),
+    "D_has_hdim": ((bool,), "skip D per channel instead of per head"),
+    "rmsnorm": ((bool,), "gated RMSNorm before out_proj (else y * silu(z))"),
+    "norm_before_gate": ((bool,), "normalize y before the silu(z) gate"),
+    "norm_eps": ((float,), "epsilon of the gated RMSNorm"),
+    "dt_limit": ((list, tuple), "[lo, hi]: clamp of the step softplus(dt + dt_bias)"),
+    "scheme": ((str,), "discretization: 'euler_b' (Mamba-2's), 'zoh', or another scheme "
+                       "HeadLinearSSM takes"),
+    "eps": ((float,), "viscosity: noise sqrt(2 eps dt) on the state while training"),
+    "conv_bias": ((bool,), "bias in the causal conv"),
+    "bias": ((bool,), "bias in in_proj/out_proj"),
+    "chunk_size": ((int,), "chunk of the checkpoint's scan (kept for compatibility)"),
+    "dt_min": ((float,), "time-step init range, lower end"),
+    "dt_max": ((float,), "time-step init range, upper end"),
+    "backend": ((str,), "ssd_scan backend"),
 })

@@ -99,6 +99,7 @@ class TrainConfig:
     data: str | None = None       # file or directory; None = the Python standard library
     sample_chars: int = 300       # length of the sample printed at the end
     threads: int = 0              # torch intra-op CPU threads; 0 = torch's default
+    tokenizer: str = "bytes"      # "bytes" or "bpe:N" (see hjseq.models.tokenizer)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +128,12 @@ class TrainConfig:
             raise ConfigError(source, f"{prefix}.val_fraction", "must be in (0, 1)")
         if cfg.lr <= 0:
             raise ConfigError(source, f"{prefix}.lr", f"must be > 0, got {cfg.lr}")
+        from hjseq.models.tokenizer import TokenizerError, parse_tokenizer_spec
+
+        try:
+            parse_tokenizer_spec(cfg.tokenizer, f"{prefix}.tokenizer")
+        except TokenizerError as e:
+            raise ConfigError(source, f"{prefix}.tokenizer", str(e).split(": ", 1)[1]) from None
         return cfg
 
 
@@ -171,8 +178,18 @@ def load_config(src: str | Path | Mapping[str, Any]) -> RunConfig:
     train = data.get("train", {})
     if not isinstance(train, Mapping):
         raise ConfigError(source, "train", f"expected a table, got {type(train).__name__}")
-    return RunConfig(_parse_model(data["model"], source, "model"),
-                     TrainConfig.from_dict(train, source, "train"), source)
+    model = _parse_model(data["model"], source, "model")
+    train_cfg = TrainConfig.from_dict(train, source, "train")
+    from hjseq.models.tokenizer import parse_tokenizer_spec
+
+    n_tokens = parse_tokenizer_spec(train_cfg.tokenizer)[1]  # the model's vocabulary follows it
+    if "vocab_size" not in data["model"]:
+        model.vocab_size = n_tokens
+    elif model.vocab_size < n_tokens:
+        raise ConfigError(source, "model.vocab_size", f"{model.vocab_size} is smaller than the "
+                          f"{n_tokens} tokens of train.tokenizer = {train_cfg.tokenizer!r}; "
+                          "leave vocab_size out (it follows the tokenizer)")
+    return RunConfig(model, train_cfg, source)
 
 
 def _parse_model(data: Mapping[str, Any], source: str, prefix: str) -> ModelConfig:
@@ -266,6 +283,15 @@ def _check_block_values(kind: str, o: dict[str, Any], source: str, key: str, d_m
                               f"{heads} does not divide d_model = {d_model}")
         if o.get("eps") == 0:
             raise ConfigError(source, f"{key}.eps", "attention temperature must be > 0")
+        from hjseq.nn.attention import POSITIONS
+
+        if o.get("pos", POSITIONS[0]) not in POSITIONS:
+            raise ConfigError(source, f"{key}.pos", f"unknown {o['pos']!r}; one of "
+                              f"{', '.join(POSITIONS)} (rope: rotary positions; none: NoPE)")
+        d_head = d_model // o.get("n_heads", max(1, d_model // 64))  # the builder's default
+        if o.get("pos", POSITIONS[0]) == "rope" and d_head % 2:
+            raise ConfigError(source, f"{key}.n_heads", f"rotary positions need an even head "
+                              f"width; d_model/n_heads = {d_head} (or set pos = \"none\")")
     if kind == "lse" and o.get("n_atoms", 4) < 1:
         raise ConfigError(source, f"{key}.n_atoms", "must be >= 1")
 

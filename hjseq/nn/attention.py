@@ -14,6 +14,13 @@ i.e. the logits are one matmul ``Q Kᵀ/ε`` (never pairwise distances). The out
 Gibbs average ``E_π[v] = Σ_j π_j v_j``. At ``ε = √d_k`` this is
 ``softmax(QKᵀ/√d_k) V`` — ``F.scaled_dot_product_attention`` exactly; ``ε = 0`` is hard
 (argmax) attention, the Hopf–Lax limit. A masked key has ``g_j = +∞``: weight 0.
+
+Rotary positions (``pos="rope"``): query i and key j are rotated by the orthogonal maps
+``R_i``, ``R_j`` (pairs of channels turned by angles ``p·θ_m``, ``θ_m = base^(−2m/d_k)``), so
+``(R_i q_i)·(R_j k_j) = q_i·R_{j−i} k_j`` depends on j − i only. Nothing else changes: the
+atoms are the rotated keys ``y_j = R_j k_j`` with ``g_j = −|y_j|²/2 = −|k_j|²/2`` (a
+rotation keeps norms), the query point is ``R_i q_i``, and π, the Hopf–Cole value and the
+KV cache (which stores rotated keys) are those of the formulas above.
 """
 from __future__ import annotations
 
@@ -24,7 +31,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hjseq import hopf
 from hjseq.nn.lse import _quadratic_spec, check_eps, check_finite
+
+POSITIONS = ("rope", "none")  # positional schemes of HJAttention: rotary, or none (NoPE)
+
+
+def rope_angles(positions: Tensor, d_head: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` of the rotary angles ``p·θ_m``, ``θ_m = base^(−2m/d_head)``, m < d_head/2:
+    each ``(L, d_head)`` (the half-width table repeated twice, for :func:`apply_rope`).
+    Angles are computed in float64 when ``dtype`` is float64, else in float32."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    m = torch.arange(0, d_head, 2, device=positions.device, dtype=work)
+    inv_freq = base ** (-m / d_head)
+    ang = positions.to(work)[:, None] * inv_freq[None, :]
+    ang = torch.cat([ang, ang], -1)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(z: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``z (..., L, d)`` by the angles of ``cos``/``sin`` ``(L, d)``: channel m pairs with
+    channel m + d/2 (the half-split layout) and the pair turns by angle ``p·θ_m``. An
+    orthogonal map per position, computed in the angles' dtype, returned in ``z``'s."""
+    h = z.shape[-1] // 2
+    zf = z.to(cos.dtype)
+    rot = torch.cat([-zf[..., h:], zf[..., :h]], -1)
+    return (zf * cos + rot * sin).to(z.dtype)
 
 
 @dataclass
@@ -55,11 +87,15 @@ class HJAttention(nn.Module):
         bias: biases in the q/k/v/out projections.
         use_sdpa: when weights are not requested and ε > 0, run the same computation
             through ``F.scaled_dot_product_attention(scale=1/ε)`` (fused kernels).
+        pos: ``"rope"`` rotates queries and keys by their positions (rotary embedding;
+            ``d_k`` must be even); ``"none"`` uses no positional information (NoPE).
+        rope_base: the base of the rotary frequencies ``θ_m = base^(−2m/d_k)``.
 
     Shapes: x ``(B, L, D)`` → y ``(B, L, D)``; weights π ``(B, H, L, L)``.
     ``key_padding_mask``: ``(B, L)`` bool, True marks padding keys (the
     ``torch.nn.MultiheadAttention`` convention); a query with no visible key outputs 0
-    and has all-zero weights.
+    and has all-zero weights. With RoPE a token's position is its index in the sequence
+    (padding included); scores depend only on differences of positions.
     """
 
     def __init__(
@@ -71,6 +107,8 @@ class HJAttention(nn.Module):
         bias: bool = True,
         *,
         use_sdpa: bool = True,
+        pos: str = "none",
+        rope_base: float = 10000.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -83,6 +121,15 @@ class HJAttention(nn.Module):
         self.causal = bool(causal)
         self.eps = math.sqrt(self.d_head) if eps is None else check_eps(eps)
         self.use_sdpa = use_sdpa
+        if pos not in POSITIONS:
+            raise ValueError(f"pos must be one of {', '.join(map(repr, POSITIONS))} (rotary or no "
+                             f"positional encoding), got {pos!r}")
+        if pos == "rope" and self.d_head % 2:
+            raise ValueError(f"pos='rope' needs an even head width d_k = d_model/n_heads, got "
+                             f"d_k = {self.d_head}; change n_heads or use pos='none'")
+        if not (isinstance(rope_base, (int, float)) and math.isfinite(rope_base) and rope_base > 1):
+            raise ValueError(f"rope_base must be a finite number > 1, got {rope_base!r}")
+        self.pos, self.rope_base = pos, float(rope_base)
         kw = dict(bias=bias, device=device, dtype=dtype)
         self.q_proj = nn.Linear(d_model, d_model, **kw)
         self.k_proj = nn.Linear(d_model, d_model, **kw)
@@ -119,14 +166,20 @@ class HJAttention(nn.Module):
         B, L, _ = z.shape
         return z.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, d_k)
 
-    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Projected ``q, k, v``: each ``(B, H, L, d_k)``."""
+    def qkv(self, x: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected ``q, k, v``: each ``(B, H, L, d_k)``. With RoPE, q and k are rotated to
+        positions ``start, …, start + L − 1`` (the query points and atoms of the HJ view)."""
         self._check_x(x)
-        return self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if self.pos == "rope":
+            positions = torch.arange(start, start + x.shape[1], device=x.device)
+            cos, sin = rope_angles(positions, self.d_head, self.rope_base, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
 
     def atoms(self, x: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
-        """Hopf–Cole atoms of every head: ``y = k`` ``(B, H, L, d_k)``, ``g = −|k|²/2``
-        ``(B, H, L)`` (``+∞`` at padding keys), and ``t = ½``."""
+        """Hopf–Cole atoms of every head: ``y = k`` ``(B, H, L, d_k)`` (the rotated keys with
+        RoPE), ``g = −|k|²/2`` ``(B, H, L)`` (``+∞`` at padding keys), and ``t = ½``."""
         _, k, _ = self.qkv(x)
         self._check_mask(key_padding_mask, x.shape[0], x.shape[1])
         g = -0.5 * (k * k).sum(-1)
@@ -156,16 +209,9 @@ class HJAttention(nn.Module):
         s = q @ k.transpose(-1, -2)  # (B, H, Lq, Lk): the Hopf–Cole exponent times ε, up to a per-query constant
         if vis is not None:
             s = s.masked_fill(~vis, -math.inf)
-        if self.eps == 0:
-            # Hopf–Lax limit: mass on the maximisers (split evenly over exact ties)
-            top = s.amax(-1, keepdim=True)
-            pi = (s == top) & torch.isfinite(top)
-            pi = pi.to(q.dtype)
-            pi = pi / pi.sum(-1, keepdim=True).clamp_min(1)
-        else:
-            pi = torch.softmax(s / self.eps, dim=-1)
-            if vis is not None:  # a query with no visible key: softmax of all −∞ is NaN; define π = 0
-                pi = pi.masked_fill(~vis.any(-1, keepdim=True), 0.0)
+        pi = hopf.gibbs(s, self.eps)  # ε = 0: the Hopf–Lax limit, ties split evenly
+        if vis is not None:  # a query with no visible key (all scores −∞): define π = 0
+            pi = pi.masked_fill(~vis.any(-1, keepdim=True), 0.0)
         return pi @ v, pi
 
     def _merge(self, o: Tensor) -> Tensor:
@@ -205,13 +251,15 @@ class HJAttention(nn.Module):
         ``cache`` is a ``KVCache`` (or a dict with keys ``k``, ``v`` and optionally
         ``key_padding_mask``), or None to start. The new token is always a valid key; every
         cached key is visible to it, so running ``step`` over a sequence equals ``forward``
-        (causal). Cost O(T·D) per step; the cache grows by concatenation.
+        (causal). With RoPE the new token sits at position ``len(cache)`` and the cache holds
+        rotated keys. Cost O(T·D) per step; the cache grows by concatenation.
         """
         self._check_x(x_t, "x_t", rank=2)
         B = x_t.shape[0]
-        q, k, v = self.qkv(x_t[:, None, :])  # (B, H, 1, d_k)
         if isinstance(cache, dict):
             cache = KVCache(cache["k"], cache["v"], cache.get("key_padding_mask"))
+        start = len(cache) if isinstance(cache, KVCache) else 0
+        q, k, v = self.qkv(x_t[:, None, :], start)  # (B, H, 1, d_k)
         if cache is None:
             mask = None
         else:
@@ -233,4 +281,5 @@ class HJAttention(nn.Module):
         return self._merge(o)[:, 0], KVCache(k, v, mask)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, causal={self.causal}, eps={self.eps:g}"
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, causal={self.causal}, "
+                f"eps={self.eps:g}, pos={self.pos}")
