@@ -18,6 +18,7 @@ from .nn.base import recurrent_scan_kernel
 from .nn.gru import HJGRU
 from .nn.lstm import HJLSTM
 from .nn.mamba2 import HJMamba2
+from .nn.mamba3 import HJMamba3, RotatingSSM, TrapezoidalRotatingSSM, mamba3_kernel
 from .nn.rnn import HJRNN
 from .nn.ssm import HJMamba, selective_scan_kernel
 
@@ -27,6 +28,8 @@ register_kernel(GRU, "gated_euler", HJGRU, recurrent_scan_kernel(HJGRU.CELL))
 register_kernel(LSTM, "euler", HJLSTM, recurrent_scan_kernel(HJLSTM.CELL))
 register_kernel(LinearSSM, "euler_b", HJMamba, selective_scan_kernel)
 register_kernel(LinearSSM, "zoh", HJMamba, selective_scan_kernel)
+register_kernel(RotatingSSM, "euler_b", HJMamba3, mamba3_kernel)
+register_kernel(TrapezoidalRotatingSSM, "euler_b", HJMamba3, mamba3_kernel)
 
 # ---------------------------------------------------------------- block kinds
 _RECURRENT_OPTS = {
@@ -95,4 +98,20 @@ register_block("mamba2", HJMamba2, options={
     "dt_min": ((float,), "time-step init range, lower end"),
     "dt_max": ((float,), "time-step init range, upper end"),
     "backend": ((str,), "ssd_scan backend"),
+})
+
+register_block("mamba3", HJMamba3, options={
+    "d_state": ((int,), "state size N per head"),
+    "expand": ((int, float), "inner width = expand * d_model"),
+    "headdim": ((int,), "head size P (heads = expand * d_model / headdim)"),
+    "ngroups": ((int,), "B/C groups (must divide the number of heads)"),
+    "rope_fraction": ((float,), "fraction of the state turned by the data-dependent angles "
+                                "(0.5 or 1.0)"),
+    "A_floor": ((float,), "a = -max(softplus(dd_A), A_floor)"),
+    "is_outproj_norm": ((bool,), "gated RMSNorm before out_proj (else y * silu(z))"),
+    "trapezoidal": ((bool,), "Mamba-3's learned trapezoid weight (False: lambda = 1)"),
+    "chunk_size": ((int,), "chunk of the mamba3_siso scan"),
+    "dt_min": ((float,), "time-step init range, lower end"),
+    "dt_max": ((float,), "time-step init range, upper end"),
+    "backend": ((str,), "mamba3_siso backend, or 'loop'"),
 })

@@ -11,7 +11,7 @@ from .gru import HJGRU
 from .lstm import HJLSTM
 from .rnn import HJRNN
 
-_LAZY = {"HJMamba": ".ssm", "HJMamba2": ".mamba2", "HJAttention": ".attention", "LSELayer": ".lse"}
+_LAZY = {"HJMamba": ".ssm", "HJMamba2": ".mamba2", "HJMamba3": ".mamba3", "HJAttention": ".attention", "LSELayer": ".lse"}
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +20,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["HJRNN", "HJGRU", "HJLSTM", "HJMamba", "HJMamba2", "HJAttention", "LSELayer", "RecurrentBlock"]
+__all__ = ["HJRNN", "HJGRU", "HJLSTM", "HJMamba", "HJMamba2", "HJMamba3", "HJAttention", "LSELayer", "RecurrentBlock"]
