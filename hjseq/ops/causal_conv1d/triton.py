@@ -4,7 +4,10 @@ Forward, per (BLOCK_D, T) tile: ``pre_t = bias + Σ_k w_k x̃_{t−(W−1)+k}``,
 where x̃ reads x inside the sequence and ``initial_state`` (or 0) before its start. Packed
 sequences (``cu_seqlens``) use a per-position sequence index, as causal-conv1d does.
 
-Backward, with ``dpre = dy ⊙ act'(pre)`` (pre recomputed by the forward kernel)::
+Backward, fused in one kernel (plus a small one for the initial state's gradient): with
+``dpre = dy ⊙ act'(pre)``, pre and the SiLU derivative recomputed in-kernel from x̃, w and
+bias at each tile's targets (no pre/dpre buffer; ~3 full-size passes: x, dy read, dx
+written)::
 
     dx_t    = Σ_k w_k dpre_{t+(W−1)−k}   (targets inside t's sequence) + d(final)[tail of t]
     dw_k    = Σ_t dpre_t x̃_{t−(W−1)+k},        dbias = Σ_t dpre_t
@@ -105,13 +108,38 @@ if triton is not None:
         tl.store(fin_ptr + s * s_hs + d[:, None] * s_hd + j[None, :] * s_hw, xv, mask=m2)
 
     @triton.jit
-    def _conv_bwd_kernel(x_ptr, w_ptr, h0_ptr, seq_ptr, cu_ptr, dpre_ptr, dfin_ptr,
-                         dx_ptr, dw_ptr, D, L, n_t,
-                         s_xb, s_xd, s_xl, s_wd, s_wk, s_hs, s_hd, s_hw,
+    def _dpre(x_ptr, w_ptr, bias_ptr, h0_ptr, dy_ptr, xb_off, dyb_off, d, dmask, tau, ok, seq,
+              bos, s_xd, s_xl, s_wd, s_wk, s_hs, s_hd, s_hw, s_gd, s_gl,
+              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+              SILU: tl.constexpr, ACC: tl.constexpr):
+        """dpre = dy ⊙ act'(pre) at target positions ``tau`` (BLOCK_D, X) of the sequence
+        starting at ``bos``, recomputing pre from x̃ and w; 0 where ``ok`` is False."""
+        m2 = dmask[:, None] & ok
+        g = tl.load(dy_ptr + dyb_off + d[:, None] * s_gd + tau * s_gl, mask=m2, other=0.0).to(ACC)
+        if SILU:
+            pre = tl.zeros(g.shape, dtype=ACC)
+            if HAS_BIAS:
+                pre += tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)[:, None]
+            for j in tl.static_range(W):
+                wj = tl.load(w_ptr + d * s_wd + j * s_wk, mask=dmask, other=0.0).to(ACC)
+                pre += wj[:, None] * _x_tilde(x_ptr, h0_ptr, xb_off, d, s_xd, s_xl, seq, s_hs,
+                                              s_hd, s_hw, tau - (W - 1) + j, bos, m2, W, HAS_H0,
+                                              ACC)
+            sg = tl.sigmoid(pre)
+            g = g * sg * (1.0 + pre * (1.0 - sg))
+        return tl.where(m2, g, 0.0)
+
+    @triton.jit
+    def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, h0_ptr, seq_ptr, cu_ptr, dy_ptr, dfin_ptr,
+                         dx_ptr, dwb_ptr, D, L, n_t,
+                         s_xb, s_xd, s_xl, s_wd, s_wk, s_hs, s_hd, s_hw, s_gb, s_gd, s_gl,
+                         s_ob, s_od, s_ol,
                          W: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
-                         HAS_H0: tl.constexpr, VARLEN: tl.constexpr, ACC: tl.constexpr):
-        """dx on this (BLOCK_D, T) tile of source positions, and this tile's share of dw.
-        dpre and dx are contiguous (B, D, L); dw partials are (B * n_t, D, W)."""
+                         HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, VARLEN: tl.constexpr,
+                         SILU: tl.constexpr, ACC: tl.constexpr):
+        """Fused backward on a (BLOCK_D, T) tile of source positions t: dpre at the targets
+        t..t+W−1 is recomputed here (pre and SiLU from x̃, w, bias), giving dx_t; the tile's
+        own targets give its share of dw and dbias, stored as partials (B·n_t, D, W+1)."""
         b = tl.program_id(0).to(tl.int64)
         pid_t = tl.program_id(2).to(tl.int64)
         d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -124,42 +152,49 @@ if triton is not None:
             seq = seq[None, :]
             bos = bos[None, :]
             eos = eos[None, :]
-        g_off = b * D * L + d[:, None] * L
+        xb_off = b * s_xb
+        dyb_off = b * s_gb
         dx = tl.zeros((BLOCK_D, T), dtype=ACC)
+        part = dwb_ptr + (b * n_t + pid_t) * D * (W + 1) + d * (W + 1)
         for k in tl.static_range(W):
-            wk = tl.load(w_ptr + d * s_wd + k * s_wk, mask=dmask, other=0.0).to(ACC)
             # source t feeds target t + (W−1) − k of its own sequence
             tgt = t[None, :] + (W - 1) - k
-            dp = tl.load(dpre_ptr + g_off + tgt, mask=m2 & (tgt < eos), other=0.0)
+            dp = _dpre(x_ptr, w_ptr, bias_ptr, h0_ptr, dy_ptr, xb_off, dyb_off, d, dmask, tgt,
+                       tmask[None, :] & (tgt < eos), seq, bos, s_xd, s_xl, s_wd, s_wk, s_hs,
+                       s_hd, s_hw, s_gd, s_gl, W, HAS_BIAS, HAS_H0, SILU, ACC)
+            wk = tl.load(w_ptr + d * s_wd + k * s_wk, mask=dmask, other=0.0).to(ACC)
             dx += wk[:, None] * dp
-            # dw_k: this tile's targets t read x̃ at t − (W−1) + k
-            xv = _x_tilde(x_ptr, h0_ptr, b * s_xb, d, s_xd, s_xl, seq, s_hs, s_hd, s_hw,
-                          t[None, :] - (W - 1) + k, bos, m2, W, HAS_H0, ACC)
-            dpt = tl.load(dpre_ptr + g_off + t[None, :], mask=m2, other=0.0)
-            tl.store(dw_ptr + (b * n_t + pid_t) * D * W + d * W + k, tl.sum(dpt * xv, axis=1),
-                     mask=dmask)
+            if k == W - 1:  # the tile's own targets (tgt = t): dw_j and dbias
+                for j in tl.static_range(W):
+                    xv = _x_tilde(x_ptr, h0_ptr, xb_off, d, s_xd, s_xl, seq, s_hs, s_hd, s_hw,
+                                  t[None, :] - (W - 1) + j, bos, m2, W, HAS_H0, ACC)
+                    tl.store(part + j, tl.sum(dp * xv, axis=1), mask=dmask)
+                tl.store(part + W, tl.sum(dp, axis=1), mask=dmask)
         # the returned final state holds the last W−1 inputs of each sequence
         e = t[None, :] - (eos - (W - 1))
         in_tail = m2 & (e >= 0)
         dx += tl.load(dfin_ptr + seq * s_hs + d[:, None] * s_hd + e * s_hw, mask=in_tail,
                       other=0.0).to(ACC)
-        tl.store(dx_ptr + g_off + t[None, :], dx, mask=m2)
+        tl.store(dx_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, dx, mask=m2)
 
     @triton.jit
-    def _conv_dh0_kernel(w_ptr, cu_ptr, dpre_ptr, dfin_ptr, dh0_ptr, D, L, s_wd, s_wk,
-                         s_hs, s_hd, s_hw, W: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_W: tl.constexpr, VARLEN: tl.constexpr, ACC: tl.constexpr):
-        """Gradient of initial_state[s, :, j] (x̃ history position j = 0..W−2)."""
+    def _conv_dh0_kernel(x_ptr, w_ptr, bias_ptr, h0_ptr, cu_ptr, dy_ptr, dfin_ptr, dh0_ptr,
+                         D, L, s_xb, s_xd, s_xl, s_wd, s_wk, s_hs, s_hd, s_hw, s_gb, s_gd, s_gl,
+                         W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr, SILU: tl.constexpr,
+                         ACC: tl.constexpr):
+        """Gradient of initial_state[s, :, j] (x̃ history position j = 0..W−2), with dpre at
+        the first targets of the sequence recomputed as in the backward kernel."""
         s = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         j = tl.arange(0, BLOCK_W)
         if VARLEN:
-            bos = tl.load(cu_ptr + s)
-            eos = tl.load(cu_ptr + s + 1)
-            b = 0
+            bos = tl.load(cu_ptr + s).to(tl.int64)
+            eos = tl.load(cu_ptr + s + 1).to(tl.int64)
+            b = s * 0
         else:
-            bos = 0
-            eos = L
+            bos = s * 0
+            eos = s * 0 + L
             b = s
         dmask = d < D
         m2 = dmask[:, None] & (j < W - 1)[None, :]
@@ -167,9 +202,10 @@ if triton is not None:
         for k in tl.static_range(W):
             wk = tl.load(w_ptr + d * s_wd + k * s_wk, mask=dmask, other=0.0).to(ACC)
             tgt = bos + j[None, :] - k
-            ok = m2 & (tgt >= bos) & (tgt < eos)
-            g += wk[:, None] * tl.load(dpre_ptr + b * D * L + d[:, None] * L + tgt, mask=ok,
-                                       other=0.0)
+            ok = (j < W - 1)[None, :] & (tgt >= bos) & (tgt < eos)
+            g += wk[:, None] * _dpre(x_ptr, w_ptr, bias_ptr, h0_ptr, dy_ptr, b * s_xb, b * s_gb, d,
+                                     dmask, tgt, ok, s, bos, s_xd, s_xl, s_wd, s_wk, s_hs, s_hd,
+                                     s_hw, s_gd, s_gl, W, HAS_BIAS, True, SILU, ACC)
         jt = j[None, :] - (eos - bos)  # history still among the last W−1 inputs
         g += tl.load(dfin_ptr + s * s_hs + d[:, None] * s_hd + jt * s_hw, mask=m2 & (jt >= 0),
                      other=0.0).to(ACC)
@@ -238,35 +274,34 @@ class _CausalConvFn(torch.autograd.Function):
         run = _Launch(x, weight, cu_seqlens)
         dev = x.device
         dy = dy if dy is not None else torch.zeros_like(x)
-        if ctx.silu:
-            pre = torch.empty(x.shape, device=dev, dtype=run.acc)
-            run.conv(x, weight, bias, h0, False, pre)
-            sg = torch.sigmoid(pre)
-            dpre = dy.to(run.acc) * sg * (1 + pre * (1 - sg))
-        else:
-            dpre = dy.to(run.acc)
-        dpre = dpre.contiguous()
         fin_shape = (run.n_seq, run.dim, run.W - 1)
         dfin = (dfin.contiguous() if dfin is not None
                 else torch.zeros(fin_shape, device=dev, dtype=x.dtype))
-        dx = torch.empty(x.shape, device=dev, dtype=x.dtype)  # contiguous, as the kernel assumes
-        dw_part = torch.zeros(run.batch * max(run.n_t, 1), run.dim, run.W, device=dev,
-                              dtype=run.acc)
+        dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
+        # per-tile partial sums of dw (W columns) and dbias (the last column)
+        dwb = torch.empty(run.batch * max(run.n_t, 1), run.dim, run.W + 1, device=dev,
+                          dtype=run.acc)
         dh0 = torch.zeros(fin_shape, device=dev, dtype=run.acc)
         hs = h0 if h0 is not None else dh0
+        bias_ = bias if bias is not None else weight
         if run.n_t > 0:
             _conv_bwd_kernel[(run.batch, triton.cdiv(run.dim, run.block_d), run.n_t)](
-                x, weight, hs, run.seq if run.varlen else x, cu_seqlens if run.varlen else x,
-                dpre, dfin, dx, dw_part, run.dim, run.L, run.n_t, *x.stride(), *weight.stride(),
-                *hs.stride(), W=run.W, BLOCK_D=run.block_d, T=run.T, HAS_H0=h0 is not None,
-                VARLEN=run.varlen, ACC=tl_dtype(run.acc))
+                x, weight, bias_, hs, run.seq if run.varlen else x,
+                cu_seqlens if run.varlen else x, dy, dfin, dx, dwb, run.dim, run.L, run.n_t,
+                *x.stride(), *weight.stride(), *hs.stride(), *dy.stride(), *dx.stride(),
+                W=run.W, BLOCK_D=run.block_d, T=run.T, HAS_BIAS=bias is not None,
+                HAS_H0=h0 is not None, VARLEN=run.varlen, SILU=ctx.silu, ACC=tl_dtype(run.acc))
+        else:
+            dwb.zero_()
         if h0 is not None and run.W > 1:
             _conv_dh0_kernel[(run.n_seq, triton.cdiv(run.dim, run.block_d))](
-                weight, cu_seqlens if run.varlen else x, dpre, dfin, dh0, run.dim, run.L,
-                *weight.stride(), *dh0.stride(), W=run.W, BLOCK_D=run.block_d,
-                BLOCK_W=run.block_w, VARLEN=run.varlen, ACC=tl_dtype(run.acc))
-        dw = dw_part.sum(0).to(weight.dtype)
-        dbias = dpre.sum(dim=(0, 2)).to(bias.dtype) if bias is not None else None
+                x, weight, bias_, h0, cu_seqlens if run.varlen else x, dy, dfin, dh0, run.dim,
+                run.L, *x.stride(), *weight.stride(), *dh0.stride(), *dy.stride(), W=run.W,
+                BLOCK_D=run.block_d, BLOCK_W=run.block_w, HAS_BIAS=bias is not None,
+                VARLEN=run.varlen, SILU=ctx.silu, ACC=tl_dtype(run.acc))
+        sums = dwb.sum(0)
+        dw = sums[:, :run.W].to(weight.dtype)
+        dbias = sums[:, run.W].to(bias.dtype) if bias is not None else None
         return (dx, dw, dbias, None, dh0.to(h0.dtype) if h0 is not None else None, None)
 
 
