@@ -22,6 +22,8 @@ INTERRUPTED = 130  # exit status after Ctrl-C, as a shell reports it
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hjseq.models.train", "train a language model from a config"),
     "generate": ("hjseq.models.generate", "sample text from a checkpoint"),
+    "eval": ("hjseq.models.evaluate", "bits per byte (and token perplexity) of a checkpoint on "
+                                      "a text file"),
     "check": ("hjseq.solver.check", "run the PDE-consistency suite"),
     "bench": ("hjseq.bench.cli", "run the kernel benchmarks or the synthetic-task table"),
     "analyze": ("hjseq.analysis.cli", "epsilon-lens analysis of a checkpoint or an LSE toy"),

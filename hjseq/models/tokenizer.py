@@ -263,6 +263,27 @@ def build_for_training(spec: str, train_bytes: bytes, saved_json: str | None = N
     return train_bpe(train_bytes, n)
 
 
+def tokenize_corpus(spec: str, train: Tensor, val: Tensor, seq_len: int, eval_windows: int,
+                    saved_json: str | None = None) -> tuple[Tokenizer, Tensor, Tensor]:
+    """``(tokenizer, train ids, val ids)`` of a training run's byte splits (uint8 tensors).
+    With ``"bytes"`` the splits are returned as they are. Otherwise the tokenizer is the
+    saved one or trained on the training split, and both splits are encoded (int32); each
+    must hold a training window and ``eval_windows`` evaluation windows of ``seq_len``
+    tokens, else :class:`TokenizerError`."""
+    tok = build_for_training(spec, b"" if spec == "bytes" or saved_json else
+                             bytes(train.numpy()), saved_json)
+    if isinstance(tok, ByteTokenizer):
+        return tok, train, val
+    ids = [tok.encode_bytes(bytes(t.numpy())) for t in (train, val)]
+    for split, t, need in (("training", ids[0], seq_len + 2),
+                           ("validation", ids[1], seq_len + max(2, eval_windows))):
+        if t.numel() < need:
+            raise TokenizerError(f"[train].tokenizer = {spec!r}: the {split} split encodes to "
+                                 f"{t.numel():,} tokens, fewer than the {need:,} seq_len = "
+                                 f"{seq_len} needs; give more text or lower [train].seq_len")
+    return tok, ids[0], ids[1]
+
+
 __all__ = ["TOKENIZER_KINDS", "TOKENIZER_FILE", "Tokenizer", "ByteTokenizer", "HFTokenizer",
            "TokenizerError", "parse_tokenizer_spec", "train_bpe", "from_json", "load_tokenizer",
-           "check_fits", "build_for_training", "split_for_encoding"]
+           "check_fits", "build_for_training", "split_for_encoding", "tokenize_corpus"]

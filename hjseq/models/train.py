@@ -41,6 +41,7 @@ from hjseq.models.checkpoint import (CHECKPOINT_NAME, check_weights, load_checkp
                                      rng_state, save_checkpoint, set_rng_state)
 from hjseq.models.config import ModelConfig, RunConfig, TrainConfig, load_config
 from hjseq.models.lm import HJLM, cross_entropy
+from hjseq.models.tokenizer import ByteTokenizer, Tokenizer, check_fits, tokenize_corpus
 from hjseq.ops._build import build_seconds
 
 
@@ -176,20 +177,19 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val: torch.Tensor, cfg: TrainConfig, d: Dist) -> float:
-    """Validation bits per byte over ``eval_batches * batch_size`` fixed windows (sharded
-    over ranks, summed back)."""
+def evaluate(model: nn.Module, val: torch.Tensor, cfg: TrainConfig, d: Dist,
+             byte_lengths: torch.Tensor | None = None) -> float:
+    """Validation bits per byte over ``eval_batches * batch_size`` fixed windows of tokens
+    (sharded over ranks, summed back): total nats over the bytes of the predicted tokens
+    (``byte_lengths``: bytes per token id; None = one byte per token)."""
+    from hjseq.models.evaluate import score_windows
+
     was_training = model.training
     model.eval()
     offsets = D.val_offsets(val, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
-    mine = offsets[d.rank::d.world_size]
-    total = torch.zeros(2, dtype=torch.float64, device=d.device)
-    for chunk in mine.split(max(1, cfg.batch_size // d.world_size)):
-        x, y = (t.to(d.device) for t in D.windows(val, chunk, cfg.seq_len))
-        with _autocast(cfg, d):
-            logits = model(x)
-        total[0] += float(cross_entropy(logits, y)) * y.numel()
-        total[1] += y.numel()
+    s = score_windows(model, val, offsets[d.rank::d.world_size], cfg.seq_len, byte_lengths,
+                      max(1, cfg.batch_size // d.world_size), d.device, lambda: _autocast(cfg, d))
+    total = torch.tensor([s.nats, s.bytes], dtype=torch.float64, device=d.device)
     if d.enabled:
         dist.all_reduce(total)
     model.train(was_training)
@@ -315,6 +315,11 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
     # the data is checked before a process group, a model or an output file exists
     corpus = D.load_corpus(cfg.data, cfg.val_fraction, allow_binary=allow_binary)
     D.check_lengths(corpus, cfg.seq_len, cfg.eval_batches * cfg.batch_size, cfg.val_fraction)
+    tok, train_ids, val_ids = tokenize_corpus(cfg.tokenizer, corpus.train, corpus.val, cfg.seq_len,
+                                              cfg.eval_batches * cfg.batch_size,
+                                              ckpt.get("tokenizer") if ckpt else None)
+    check_fits(tok, run.model.vocab_size, f"{run.source}: model.vocab_size")
+    byte_lengths = None if isinstance(tok, ByteTokenizer) else tok.byte_lengths
     d = setup_distributed(device)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -346,6 +351,9 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
         log.message(f"hjseq train: {run.source} -> {out}  ({d.world_size} process(es), "
                     f"{d.device}, bf16={cfg.bf16})")
         log.message(corpus.describe())
+        if not isinstance(tok, ByteTokenizer):
+            log.message(f"tokenizer {cfg.tokenizer}: {tok.vocab_size} tokens; train "
+                        f"{train_ids.numel():,} tokens, validation {val_ids.numel():,} tokens")
         log.message(model.summary())
         if ckpt:
             log.message(f"resuming at step {start} of {cfg.steps}" +
@@ -363,7 +371,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rngs, "step": step,
                 "tokens_seen": tokens_seen, "config": run.to_dict(), "world_size": d.world_size,
-                "allow_binary": allow_binary,
+                "allow_binary": allow_binary, "tokenizer": tok.to_json(),
                 # batches are a function of (seed, step): the next batch is step `step`'s
                 "data_position": {"next_batch_step": step, "seed": cfg.seed},
             })
@@ -381,7 +389,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
         built_last = build_seconds()
         log.t0 = t_last
         while step < cfg.steps:
-            micro = D.train_batch(corpus.train, step, cfg.batch_size, cfg.seq_len, cfg.seed,
+            micro = D.train_batch(train_ids, step, cfg.batch_size, cfg.seq_len, cfg.seed,
                                   d.rank, d.world_size, cfg.accum_steps)
             loss_sum = 0.0
             for i, (x, y) in enumerate(micro):
@@ -416,7 +424,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                     on_step(step, loss_val)
             if step % cfg.eval_interval == 0 or step == cfg.steps:
                 t_eval = time.perf_counter()
-                val_bpb = evaluate(model, corpus.val, cfg, d)
+                val_bpb = evaluate(model, val_ids, cfg, d, byte_lengths)
                 log.exclude(time.perf_counter() - t_eval)
                 if d.is_main:
                     _write_jsonl(metrics, {"step": step, "val_bpb": val_bpb})
@@ -435,7 +443,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
     if not interrupted and step != cfg.steps:  # the loop ends only at the budget or a stop
         raise RuntimeError(f"training stopped at step {step} of {cfg.steps} without an interrupt")
     if val_bpb is None and not interrupted:  # resumed a run that had reached its budget
-        val_bpb = evaluate(model, corpus.val, cfg, d)
+        val_bpb = evaluate(model, val_ids, cfg, d, byte_lengths)
     checkpoint(step)
     log.close()
     sample = ""
@@ -445,7 +453,8 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
                         f"{out / CHECKPOINT_NAME}; continue with: {resume_command(out)}")
         else:
             model.save_pretrained(out / "model")
-            sample = _sample(model, cfg)
+            tok.save(out / "model")
+            sample = _sample(model, cfg, tok)
             summary = {"val_bpb": val_bpb, "unigram_bpb": unigram, "steps": step,
                        "tokens_seen": tokens_seen, "params": model.num_params(),
                        "corpus": corpus.name, "sample": sample}
@@ -459,14 +468,15 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
     return TrainResult(out, step, losses, val_bpb, unigram, interrupted, sample)
 
 
-def _sample(model: HJLM, cfg: TrainConfig, prompt: str = "def ") -> str:
+def _sample(model: HJLM, cfg: TrainConfig, tok: Tokenizer, prompt: str = "def ") -> str:
+    """About ``sample_chars`` bytes of text after ``prompt`` (as many tokens, fewer bytes
+    counted per token with a subword tokenizer)."""
     from hjseq.models.generate import generate
 
-    if model.config.vocab_size != 256:
-        return ""
-    ids = generate(model, D.encode(prompt), cfg.sample_chars, temperature=0.8, top_k=None,
-                   top_p=0.95, seed=cfg.seed)
-    return D.decode(D.encode(prompt) + ids)
+    n = max(1, round(cfg.sample_chars / max(float(tok.byte_lengths.float().mean()), 1.0)))
+    ids = generate(model, tok.encode(prompt), n if not isinstance(tok, ByteTokenizer)
+                   else cfg.sample_chars, temperature=0.8, top_k=None, top_p=0.95, seed=cfg.seed)
+    return tok.decode(tok.encode(prompt) + ids)
 
 
 # ---------------------------------------------------------------- CLI
