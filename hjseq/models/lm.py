@@ -325,6 +325,16 @@ class HJLM(nn.Module):
 
         return load_hf_mamba(cls, path_or_state_dict, config)
 
+    @classmethod
+    def from_hf(cls, path_or_state_dict: str | Path | Mapping[str, Tensor],
+                config: Mapping[str, Any] | None = None) -> "HJLM":
+        """Load a Hugging Face ``MambaForCausalLM`` or ``Mamba2ForCausalLM`` checkpoint (as
+        :meth:`from_hf_mamba`), the architecture read off the config's ``model_type``
+        (``mamba``, ``mamba2``: blocks of kind ``mamba`` / ``mamba2``). Reproduces HF's logits."""
+        from hjseq.models.hf import load_hf
+
+        return load_hf(cls, path_or_state_dict, config)
+
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean next-token cross entropy in nats; logits ``(B, L, V)``, targets ``(B, L)``."""
