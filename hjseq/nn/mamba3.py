@@ -262,9 +262,6 @@ class HJMamba3(RecurrentBlock):
         return self.out_proj(y.to(dtype))
 
     # ------------------------------------------------------------------ engine hooks
-    def _op_backend(self) -> str:
-        return "ref" if self.backend == "loop" else self.backend
-
     def prepare(self, x: Tensor, state: State
                 ) -> tuple[dict[str, Tensor], dict[str, Tensor], State]:
         """The drive of every token: the cumulative angle from the state's, the biased

@@ -5,7 +5,6 @@ characteristic ODE (euler_b: order 1), the HJLM kind, validation."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import types
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._dtypes import accumulation_dtype
-from .._registry import BackendUnavailable, resolve
-from .ref import TWO_PI, rotate_pairs
+from .._registry import resolve
+from .ref import TWO_PI
 
 
 def _segments(cu_seqlens: Tensor | None, batch: int, L: int, device: torch.device):
@@ -62,21 +62,33 @@ def mamba3_siso_chunked(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor
     tl = lambda X: X.to(acc).transpose(1, 2)  # (b, h, l) -> (b, l, h)  # noqa: E731
     adt, dt, lam = tl(ADT), tl(DT), torch.sigmoid(tl(Trap))
 
-    # cumulative angles, restarted per sequence (from the input angle state), mod 2π
-    inc = torch.tanh(Angles.to(acc)) * math.pi * dt[..., None]            # (b, l, h, a)
+    # cumulative angles, restarted per sequence (from the input angle state); cos/sin take
+    # the running sum directly, the mod 2π is applied to the returned state only
+    inc = torch.tanh(Angles.to(acc)) * (math.pi * dt[..., None])          # (b, l, h, a)
     cs = inc.cumsum(dim=1)
     if cu_seqlens is not None:  # subtract the running sum before each sequence's start
         before = torch.cat((cs.new_zeros(1, 1, heads, a), cs[:, :-1]), dim=1)[0, first]
         cs = cs - before[seg[0]][None]
     if Input_States is not None:
         cs = cs + Input_States[0].to(acc)[seg]
-    phi = cs - TWO_PI * torch.floor(cs / TWO_PI)
-    cos, sin = torch.cos(phi), torch.sin(phi)
+    # e^{iφ} on every pair, 1 on the pairs past a: one complex product rotates q and k
+    rot = torch.complex(torch.cos(cs), torch.sin(cs))
+    if 2 * a < n:
+        rot = torch.cat((rot, rot.new_ones(batch, L, heads, n // 2 - a)), dim=-1)
 
     rep = heads // hq
-    qb = Q.to(acc).repeat_interleave(rep, dim=2) + Q_bias.to(acc)          # (b, l, h, n)
-    kb = K.to(acc).repeat_interleave(rep, dim=2) + K_bias.to(acc)
-    q, k = rotate_pairs(qb, cos, sin), rotate_pairs(kb, cos, sin)
+    g = lambda X, bias: (X.to(acc)[:, :, :, None, :]  # noqa: E731  (b, l, h, n): + bias
+                         + bias.to(acc).view(hq, rep, n)).reshape(batch, L, heads, n)
+    qb, kb = g(Q, Q_bias), g(K, K_bias)
+    turn = lambda X: torch.view_as_real(  # noqa: E731
+        torch.view_as_complex(X.view(batch, L, heads, n // 2, 2)) * rot).reshape(X.shape)
+    q, k = turn(qb), turn(kb)
+    # q̃·k̃ = (Q + Q_bias)·(K + K_bias) (a rotation keeps it), from the (b, l, h_qk, n) inputs
+    Qa, Ka = Q.to(acc), K.to(acc)
+    Qbias, Kbias = Q_bias.to(acc).view(hq, rep, n), K_bias.to(acc).view(hq, rep, n)
+    qk = ((Qa * Ka).sum(-1)[..., None] + torch.einsum("blgn,grn->blgr", Qa, Kbias)
+          + torch.einsum("blgn,grn->blgr", Ka, Qbias)
+          + (Qbias * Kbias).sum(-1)).reshape(batch, L, heads)
 
     delta = (1 - lam) * dt                                                 # δ_t (b, l, h)
     delta_next = F.pad(delta[:, 1:], (0, 0, 0, 1))
@@ -93,16 +105,18 @@ def mamba3_siso_chunked(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor
         init = S0 + d1[..., None, None] * v0[..., :, None] * k0[..., None, :]
     y, S_T = ssd_scan(xs, adt, k, q, initial_states=init, cu_seqlens=cu_seqlens,
                       return_final_states=True, chunk_size=chunk_size, backend=ssd_backend)
-    qk = (qb * kb).sum(-1)                                  # = q̃·k̃ (a rotation keeps it)
-    y = y - (delta_next * qk)[..., None] * v
+    coef = -delta_next * qk                                  # the per-token diagonal term
     if D is not None:
-        y = y + D.to(acc)[:, None] * v
+        coef = coef + D.to(acc)
+    y = torch.addcmul(y, v, coef[..., None])
     if Z is not None:
         y = y * F.silu(Z.to(acc))
     y = y.to(V.dtype)
     if not return_final_states:
         return y
-    return (y, phi[row, last], S_T, k[row, last].to(K.dtype), V[row, last])
+    phi = cs[row, last]
+    phi = phi - TWO_PI * torch.floor(phi / TWO_PI)
+    return (y, phi, S_T, k[row, last].to(K.dtype), V[row, last])
 
 
 def bound(ssd_backend: str) -> Callable:
