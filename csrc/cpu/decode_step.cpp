@@ -450,6 +450,20 @@ class Model {
   Scratch<double> sd_;
 };
 
+// One projection on its own (tests and the benchmark's GEMV rate): x (B, in) -> (B, out).
+at::Tensor linear_only(const TensorMap& t, const std::string& name, const at::Tensor& x_in) {
+  const at::Tensor x = x_in.contiguous();
+  TORCH_CHECK(x.dim() == 2, "x must be (B, in)");
+  const Lin L = make_lin(t, name, x.scalar_type());
+  TORCH_CHECK(x.size(1) == L.in, "x has ", x.size(1), " features, the weight ", L.in);
+  at::Tensor y = at::empty({x.size(0), L.out}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "linear_only", [&] {
+    linear<scalar_t>(L, x.data_ptr<scalar_t>(), x.size(0), L.in, y.data_ptr<scalar_t>(),
+                     L.out, false);
+  });
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -458,4 +472,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     const std::vector<std::map<std::string, double>>&, const std::string&>())
       .def("step", &Model::step, py::call_guard<py::gil_scoped_release>())
       .def("weight_bytes", &Model::weight_bytes);
+  m.def("linear", &linear_only, "one packed projection: x (B, in) -> (B, out)",
+        py::call_guard<py::gil_scoped_release>());
 }
