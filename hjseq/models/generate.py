@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import codecs
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -52,11 +54,42 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def _decoder(model: HJLM, fused: bool | None, weights: str):
+    """The fused decoder to use (``None``: ``HJLM.step``). ``fused=None`` takes it where it
+    runs (a CPU model whose blocks all have a fused step); ``True`` insists."""
+    from hjseq.models.decode import FusedDecoder, try_fused
+
+    if fused is False:
+        if weights != "auto":
+            raise ValueError(f"weights={weights!r} needs the fused decoder (fused=False given)")
+        return None
+    if fused:
+        return FusedDecoder(model, weights)
+    dec = try_fused(model, weights)
+    if dec is None and weights != "auto":
+        raise ValueError(f"weights={weights!r} needs the fused decoder, which cannot run this "
+                         f"model (a block without a fused step, or not on the CPU)")
+    return dec
+
+
+def _add_stats(stats: dict | None, **kw: float) -> None:
+    if stats is not None:
+        for k, v in kw.items():
+            stats[k] = stats.get(k, 0) + v
+
+
 @torch.no_grad()
 def stream(model: HJLM, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
-           seed: int | None = None) -> Iterator[int]:
-    """Yield ``max_new_tokens`` sampled token ids after ``prompt`` (a non-empty id list)."""
+           seed: int | None = None, fused: bool | None = None, weights: str = "auto",
+           stats: dict | None = None) -> Iterator[int]:
+    """Yield ``max_new_tokens`` sampled token ids after ``prompt`` (a non-empty id list).
+
+    O(1) work per token: the prompt runs once through the parallel forward, then each token
+    is one fused C++ step (:mod:`hjseq.models.decode`; ``fused=None``: where it runs, else
+    ``HJLM.step``). ``weights``: the fused decoder's weight format ("auto", "float32",
+    "bfloat16", "int8"). ``stats``, if given, accumulates ``prefill_tokens``,
+    ``prefill_s``, ``decode_tokens``, ``decode_s`` (time in the model and sampler only)."""
     if not prompt:
         raise ValueError("prompt must hold at least one token (e.g. a newline)")
     if max_new_tokens < 0:
@@ -67,20 +100,169 @@ def stream(model: HJLM, prompt: list[int], max_new_tokens: int, temperature: flo
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else torch.seed())
     try:
-        ids = torch.tensor([prompt], dtype=torch.long, device=device)
-        logits, state = model(ids, return_state=True)
-        logits = logits[:, -1]
-        for _ in range(max_new_tokens):
+        dec = _decoder(model, fused, weights)
+        if stats is not None:
+            stats["backend"] = f"fused ({dec.weights} weights)" if dec else "HJLM.step"
+        t0 = time.perf_counter()
+        if dec is not None:
+            logits, state = dec.prefill(model, [prompt])
+        else:
+            ids = torch.tensor([prompt], dtype=torch.long, device=device)
+            logits, state = model(ids, return_state=True)
+            logits = logits[:, -1]
+        _add_stats(stats, prefill_tokens=len(prompt), prefill_s=time.perf_counter() - t0)
+        for i in range(max_new_tokens):
+            t0 = time.perf_counter()
             nxt = sample_next(logits, temperature, top_k, top_p, gen)
+            if i + 1 < max_new_tokens:  # the step after the last token would go unused
+                if dec is not None:
+                    logits = dec.step(nxt, state)
+                else:
+                    logits, state = model.step(nxt, state)
+            _add_stats(stats, decode_tokens=1, decode_s=time.perf_counter() - t0)
             yield int(nxt)
-            logits, state = model.step(nxt, state)
     finally:
         model.train(was_training)
 
 
 def generate(model: HJLM, prompt: list[int], max_new_tokens: int, **kw) -> list[int]:
-    """The ids of :func:`stream` as a list (keywords: temperature, top_k, top_p, seed)."""
+    """The ids of :func:`stream` as a list (keywords: temperature, top_k, top_p, seed,
+    fused, weights, stats)."""
     return list(stream(model, prompt, max_new_tokens, **kw))
+
+
+@dataclass
+class Request:
+    """One prompt of a batch and its own sampling settings. ``stop``: token-id sequences;
+    generation of this request ends when its output ends with one of them (the stop
+    sequence is not returned). ``temperature == 0`` is greedy."""
+    prompt: list[int]
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: list[list[int]] = field(default_factory=list)
+
+    def check(self, i: int) -> None:
+        if not self.prompt:
+            raise ValueError(f"request {i}: prompt must hold at least one token")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"request {i}: max_new_tokens must be >= 0, got "
+                             f"{self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"request {i}: temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"request {i}: top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"request {i}: top_p must be in (0, 1], got {self.top_p}")
+        if any(len(s) == 0 for s in self.stop):
+            raise ValueError(f"request {i}: a stop sequence is empty")
+
+
+def sample_rows(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Next ids ``(B,)`` from ``logits (B, V)`` with per-row settings (each ``(B,)``):
+    temperature (0 = greedy), top_k (``V`` = all), top_p (1 = all). Row by row this is
+    :func:`sample_next` (same masks: top-k, then the nucleus of what is left)."""
+    logits = logits.float()
+    greedy = logits.argmax(-1)
+    hot = temperature > 0
+    if not bool(hot.any()):
+        return greedy
+    lg = logits[hot] / temperature[hot, None].float()
+    sorted_lg, order = torch.sort(lg, descending=True, dim=-1)
+    rank = torch.arange(lg.shape[-1]).expand_as(sorted_lg)
+    sorted_lg = sorted_lg.masked_fill(rank >= top_k[hot, None], float("-inf"))
+    probs = torch.softmax(sorted_lg, dim=-1)
+    drop = ((probs.cumsum(-1) - probs) >= top_p[hot, None].float()) & (top_p[hot, None] < 1)
+    probs = probs.masked_fill(drop, 0.0)
+    pick = torch.multinomial(probs, 1, generator=generator)
+    out = greedy.clone()
+    out[hot] = order.gather(-1, pick)[:, 0]
+    return out
+
+
+@torch.no_grad()
+def generate_batch(model: HJLM, requests: list[Request], seed: int | None = None,
+                   fused: bool | None = None, weights: str = "auto",
+                   stats: dict | None = None) -> list[list[int]]:
+    """Generate for a batch of requests (prompts of different lengths, each with its own
+    max_new_tokens, temperature, top_k, top_p and stop sequences). Returns each request's
+    new ids.
+
+    With the fused decoder: a varlen prefill (equal-length prompts share one parallel
+    forward), then one batched fused step per token for every request still running;
+    finished requests leave the batch. Without it (a block with no fused step, e.g.
+    attention, or not on the CPU) the requests run one after the other through
+    :func:`stream` (same results, no batching)."""
+    for i, r in enumerate(requests):
+        r.check(i)
+    outs: list[list[int]] = [[] for _ in requests]
+    if not requests:
+        return outs
+    was_training = model.training
+    model.eval()
+    try:
+        dec = _decoder(model, fused, weights)
+        if stats is not None:
+            stats["backend"] = f"fused ({dec.weights} weights)" if dec else "HJLM.step"
+        if dec is None:
+            for i, r in enumerate(requests):
+                for tok in stream(model, r.prompt, r.max_new_tokens, r.temperature, r.top_k,
+                                  r.top_p, None if seed is None else seed + i, fused=False,
+                                  stats=stats):
+                    outs[i].append(tok)
+                    if _stopped(outs[i], r.stop):
+                        break
+            return outs
+        gen = torch.Generator()
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        V = dec.vocab_size
+        temp = torch.tensor([r.temperature for r in requests], dtype=torch.float64)
+        topk = torch.tensor([r.top_k or V for r in requests])
+        topp = torch.tensor([r.top_p if r.top_p is not None else 1.0 for r in requests],
+                            dtype=torch.float64)
+        t0 = time.perf_counter()
+        logits, state = dec.prefill(model, [r.prompt for r in requests])
+        _add_stats(stats, prefill_tokens=sum(len(r.prompt) for r in requests),
+                   prefill_s=time.perf_counter() - t0)
+        active = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
+        if len(active) < len(requests):
+            state = state.select(active)
+            logits = logits[active]
+        t0 = time.perf_counter()
+        while active:
+            rows = torch.tensor(active)
+            nxt = sample_rows(logits, temp[rows], topk[rows], topp[rows], gen)
+            keep = []
+            for j, (i, tok) in enumerate(zip(active, nxt.tolist())):
+                outs[i].append(tok)
+                r = requests[i]
+                if _stopped(outs[i], r.stop):
+                    continue
+                if len(outs[i]) < r.max_new_tokens:
+                    keep.append(j)
+            _add_stats(stats, decode_tokens=len(active))
+            if not keep:
+                break
+            if len(keep) < len(active):
+                state = state.select(keep)
+                nxt = nxt[keep]
+                active = [active[j] for j in keep]
+            logits = dec.step(nxt, state)
+        _add_stats(stats, decode_s=time.perf_counter() - t0)
+        return outs
+    finally:
+        model.train(was_training)
+
+
+def _stopped(out: list[int], stops: list[list[int]]) -> bool:
+    """True (and the stop sequence removed from ``out``) when ``out`` ends with a stop."""
+    for s in stops:
+        if len(out) >= len(s) and out[-len(s):] == list(s):
+            del out[-len(s):]
+            return True
+    return False
 
 
 def load_model(checkpoint: str | Path) -> HJLM:
@@ -137,21 +319,74 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="nucleus sampling: the smallest set of tokens whose probability "
                    "reaches p")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--stats", action="store_true",
+                   help="print prefill and decode tokens/s (and the decoder used) to stderr "
+                   "at the end")
+    p.add_argument("--weights", choices=("auto", "float32", "bfloat16", "int8"),
+                   default="auto", help="weight format of the fused CPU decoder: the model's "
+                   "own (auto), bfloat16, or int8 with per-channel scales")
+    p.add_argument("--prompts-file", metavar="FILE", default=None,
+                   help="generate for every line of FILE as one batch (each line a prompt; "
+                   "'\\n' in a line stands for a newline); replaces --prompt")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop a completion when it ends with TEXT (not printed); repeatable")
 
 
 def main(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint)
-    if model.config.vocab_size != 256:
-        print("hjseq generate: this model is not byte-level (vocab_size "
-              f"{model.config.vocab_size}); generate with its tokenizer from Python",
-              file=sys.stderr)
-        return 2
-    prompt = D.encode(args.prompt)
+    from hjseq.models.evaluate import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint)  # bytes, BPE or HF tokenizer
+    stats: dict | None = {} if getattr(args, "stats", False) else None
+    stops = [tokenizer.encode(t) for t in getattr(args, "stop", [])]
+    weights = getattr(args, "weights", "auto")
+    if getattr(args, "prompts_file", None):
+        return _main_batch(args, model, tokenizer, stops, weights, stats)
+    prompt = tokenizer.encode(args.prompt)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
+    out: list[int] = []
+    printed = 0  # tokens that could still begin a stop sequence are held back
     for tok in stream(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed):
-        sys.stdout.write(decoder.decode(bytes([tok])))
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, weights=weights,
+                      stats=stats):
+        out.append(tok)
+        if _stopped(out, stops):
+            break
+        held = max((n for s in stops for n in range(1, len(s)) if out[-n:] == s[:n]),
+                   default=0)
+        for t in out[printed:len(out) - held]:
+            sys.stdout.write(decoder.decode(tokenizer.token_bytes(t)))
+        printed = max(printed, len(out) - held)
         sys.stdout.flush()
+    for t in out[printed:]:
+        sys.stdout.write(decoder.decode(tokenizer.token_bytes(t)))
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    _print_stats(stats)
     return 0
+
+
+def _main_batch(args: argparse.Namespace, model: HJLM, tokenizer, stops: list[list[int]],
+                weights: str, stats: dict | None) -> int:
+    lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+    prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts-file {args.prompts_file}: no non-empty line")
+    reqs = [Request(tokenizer.encode(p), args.max_new_tokens, args.temperature, args.top_k,
+                    args.top_p, stops) for p in prompts]
+    outs = generate_batch(model, reqs, seed=args.seed, weights=weights, stats=stats)
+    for i, (p, ids) in enumerate(zip(prompts, outs)):
+        text = b"".join(tokenizer.token_bytes(t) for t in ids).decode("utf-8", "replace")
+        sys.stdout.write(f"=== {i}\n{p}{text}\n")
+    _print_stats(stats)
+    return 0
+
+
+def _print_stats(stats: dict | None) -> None:
+    if stats is None:
+        return
+    rate = lambda n, s: f"{n / s:,.0f} tok/s" if s > 0 else "n/a"  # noqa: E731
+    pt, ps = stats.get("prefill_tokens", 0), stats.get("prefill_s", 0.0)
+    dt, ds = stats.get("decode_tokens", 0), stats.get("decode_s", 0.0)
+    print(f"[stats] prefill {pt} tokens in {ps:.3f} s ({rate(pt, ps)}); decode {dt} tokens "
+          f"in {ds:.3f} s ({rate(dt, ds)}); {stats.get('backend', '?')}, "
+          f"{torch.get_num_threads()} threads", file=sys.stderr)
