@@ -9,8 +9,7 @@ class HJRetention(RecurrentBlock):
     """``S_t = γ_h S_{t−1} + v_t k_tᵀ/√d``, ``y_t = S_t q_t`` (γ_h = 1 − 2^{−5−h}): euler_b, Δ = 1."""
     linear_readout = "C"
 
-    def __init__(self, d_model: int, n_heads: int = 4, scheme: str = "euler_b", eps: float = 0.0,
-                 backend: str = "auto") -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, scheme: str = "euler_b", eps: float = 0.0, backend="auto"):
         super().__init__()
         if not (isinstance(n_heads, int) and n_heads >= 1 and d_model % n_heads == 0):
             raise ValueError(f"n_heads must be an int >= 1 dividing d_model={d_model}, got {n_heads!r}")
