@@ -330,3 +330,74 @@ def test_torch_compile_fullgraph_cpu():
     want = [y_r, f_r, *grads_of([y_r, f_r], [x, ld, B, C, S0])]
     for name, r, o in zip(NAMES, want, got):
         assert_close(r, o, 1e-4, f"compiled {name}")
+
+
+# ---- selective_scan with time-invariant B/C (D, N), as S4D ---------------------------------
+
+_SS_AVAIL = available("selective_scan", "cpu")
+SS_BACKENDS = ["ref", *[n for n in ("cpu", "triton") if _SS_AVAIL.get(n) is None]]
+
+
+def _s4d_inputs(layout_C: str, b=2, d=6, l=19, n=4, nseq=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    C = {"DN": r(d, n), "BNL": r(b, n, l), "BGNL": r(b, 2, n, l)}[layout_C]
+    t = dict(u=r(b, d, l), delta=0.5 * r(b, d, l), A=-torch.rand(d, n, generator=gen,
+                                                                  dtype=torch.float64),
+             B=r(d, n), C=C, D=r(d), z=r(b, d, l), delta_bias=r(d),
+             initial_state=r(nseq or b, d, n))
+    return {k: v.requires_grad_() for k, v in t.items()}
+
+
+@pytest.mark.parametrize("backend, layout_C", [(b, c) for b in SS_BACKENDS
+                                               for c in ("DN", "BNL", "BGNL")
+                                               if b != "triton" or c != "BNL"])  # interpreter: slow
+@pytest.mark.parametrize("scheme", ["euler_b", "zoh"])
+def test_selective_scan_time_invariant_B(backend, layout_C, scheme):
+    """B (D, N) (with C time-invariant too, or per token): the dispatcher gives the fused
+    backends one group per channel; outputs, final state and every gradient equal the
+    reference's direct broadcast."""
+    from hjseq.ops.selective_scan.ref import selective_scan_ref
+    t = _s4d_inputs(layout_C)
+    names = list(t)
+    res = []
+    for fn in (selective_scan_ref, lambda **kw: selective_scan(**kw, backend=backend)):
+        y, h = fn(**t, delta_softplus=True, return_final_state=True, scheme=scheme)
+        res.append([y, h, *grads_of([y, h], list(t.values()))])
+    for name, r, o in zip(["y", "final", *names], *res):
+        assert_close(r, o, 1e-12, f"{backend} {layout_C} {scheme} {name}")
+
+
+@pytest.mark.parametrize("backend", SS_BACKENDS)
+def test_selective_scan_time_invariant_varlen(backend):
+    cu = torch.tensor([0, 4, 4, 19])
+    t = _s4d_inputs("DN", b=1, nseq=3)
+    y, h = selective_scan(**t, return_final_state=True, cu_seqlens=cu, backend=backend)
+    for s in range(3):
+        lo, hi = int(cu[s]), int(cu[s + 1])
+        part = {k: (v[..., lo:hi] if v.dim() == 3 and k not in ("initial_state",) else v)
+                for k, v in t.items()}
+        part["initial_state"] = t["initial_state"][s:s + 1]
+        ys, hs = selective_scan(**part, return_final_state=True, backend="ref")
+        assert_close(ys, y[..., lo:hi], 1e-12, f"{backend} seq {s} y")
+        assert_close(hs, h[s:s + 1], 1e-12, f"{backend} seq {s} final")
+
+
+def test_selective_scan_time_invariant_matches_mamba_ref():
+    mods, why = _mamba()
+    if mods is None:
+        pytest.skip(why)
+    ssi = mods[2]
+    t = {k: v.detach().float() for k, v in _s4d_inputs("DN").items() if k != "initial_state"}
+    want = ssi.selective_scan_ref(**t, delta_softplus=True)
+    for backend in SS_BACKENDS:
+        assert_close(want, selective_scan(**t, delta_softplus=True, backend=backend), 1e-5,
+                     f"mamba selective_scan_ref time-invariant, {backend}")
+
+
+def test_selective_scan_time_invariant_validation():
+    t = {k: v.detach() for k, v in _s4d_inputs("DN").items()}
+    with pytest.raises(ValueError, match=r"B must have shape \(D, N\) \(time-invariant\)"):
+        selective_scan(**{**t, "B": torch.randn(5, 4, dtype=torch.float64)})
+    with pytest.raises(ValueError, match=r"or time-invariant \(D, N\)"):
+        selective_scan(**{**t, "C": torch.randn(6, dtype=torch.float64)})

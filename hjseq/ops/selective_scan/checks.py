@@ -38,7 +38,8 @@ def validate(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
              scheme: str = "euler_b", cu_seqlens: Tensor | None = None) -> None:
     """Raise ``TypeError``/``ValueError`` naming the first bad argument of a selective scan
     call (layouts of ``ref.py``: u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or
-    (B, G, N, L) with G dividing D; D, delta_bias (D,); initial_state (B, D, N), or
+    (B, G, N, L) with G dividing D, or time-invariant (D, N); D, delta_bias (D,);
+    initial_state (B, D, N), or
     (S, D, N) with ``cu_seqlens`` of S + 1 entries)."""
     u = _tensor(u, "u")
     if u.dim() != 3:
@@ -60,7 +61,9 @@ def validate(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     for name, X in (("B", B), ("C", C)):
         _tensor(X, name)
         _floating(X, name)
-        if X.dim() == 3:
+        if X.dim() == 2:  # time-invariant (S4D-style), one row per channel
+            _shape(X, name, (dim, N), "(D, N) (time-invariant)")
+        elif X.dim() == 3:
             _shape(X, name, (batch, N, L), "(B, N, L)")
         elif X.dim() == 4:
             G = X.shape[1]
@@ -69,8 +72,9 @@ def validate(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                                  f"(B, G, N, L)), which must divide D = {dim}")
             _shape(X, name, (batch, G, N, L), "(B, G, N, L)")
         else:
-            raise ValueError(f"selective_scan: {name} must be (B, N, L) = {(batch, N, L)} or "
-                             f"(B, G, N, L), got shape {tuple(X.shape)}")
+            raise ValueError(f"selective_scan: {name} must be (B, N, L) = {(batch, N, L)}, "
+                             f"(B, G, N, L), or time-invariant (D, N) = {(dim, N)}, got shape "
+                             f"{tuple(X.shape)}")
     if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
         raise ValueError(f"selective_scan: B and C must have the same number of groups, got "
                          f"{B.shape[1]} and {C.shape[1]}")

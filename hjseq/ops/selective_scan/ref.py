@@ -9,7 +9,8 @@ Per channel d and state index n, with ``Δ = softplus(delta + delta_bias)`` (if 
                                  Ā = exp(Δ A),  B̄ = (exp(Δ A) − 1)/A · B   (→ Δ B as A → 0).
 
 Layouts (mamba-ssm's ``selective_scan_fn``): u, delta, z: (B, D, L); A: (D, N) real;
-B, C: (B, N, L) or (B, G, N, L) with D divisible by G; D, delta_bias: (D,);
+B, C: (B, N, L) or (B, G, N, L) with D divisible by G, or time-invariant (D, N) (S4D's
+B_{d,n}, the same at every step); D, delta_bias: (D,);
 initial_state: (B, D, N). Computation in float32 (float64 for float64 inputs); the
 output has u's dtype and the final state is float32/float64.
 
@@ -41,8 +42,10 @@ def discretize(delta: Tensor, A: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
     return Abar, Bscale
 
 
-def _expand_groups(X: Tensor, dim: int) -> Tensor:
-    """(B, N, L) or (B, G, N, L) -> (B, D, N, L)."""
+def _expand_groups(X: Tensor, dim: int, batch: int = 1, L: int = 1) -> Tensor:
+    """(B, N, L), (B, G, N, L) or time-invariant (D, N) -> (B, D, N, L)."""
+    if X.dim() == 2:
+        return X[None, :, :, None].expand(batch, dim, X.shape[1], L)
     if X.dim() == 3:
         return X.unsqueeze(1).expand(X.shape[0], dim, *X.shape[1:])
     G = X.shape[1]
@@ -65,8 +68,8 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if delta_softplus:
         delta = F.softplus(delta)
     batch, dim, L = u.shape
-    Bx = _expand_groups(B.to(acc), dim)  # (B, D, N, L)
-    Cx = _expand_groups(C.to(acc), dim)
+    Bx = _expand_groups(B.to(acc), dim, batch, L)  # (B, D, N, L)
+    Cx = _expand_groups(C.to(acc), dim, batch, L)
     Abar, Bscale = discretize(delta, A, scheme)  # (B, D, L, N)
     BU = Bscale * torch.einsum("bdnl,bdl->bdln", Bx, u)
     h = (initial_state.to(acc) if initial_state is not None
@@ -91,7 +94,8 @@ def _varlen(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     for s in range(len(bounds) - 1):
         a, b = bounds[s], bounds[s + 1]
         y, h = selective_scan_ref(
-            u[..., a:b], delta[..., a:b], A, B[..., a:b], C[..., a:b], D,
+            u[..., a:b], delta[..., a:b], A, B if B.dim() == 2 else B[..., a:b],
+            C if C.dim() == 2 else C[..., a:b], D,
             None if z is None else z[..., a:b], delta_bias, delta_softplus,
             None if initial_state is None else initial_state[s:s + 1], True, scheme)
         ys.append(y)
