@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..ops import mamba3_siso
 from ..ops._dtypes import accumulation_dtype
+from ..ops._registry import BackendUnavailable
 from ..ops.mamba3_siso.ref import TWO_PI, rotate_pairs
 from ..spec import Drive, DriveStep, Hamiltonian, HJSpec
 from .base import RecurrentBlock, State
@@ -303,7 +304,10 @@ def mamba3_kernel(block: HJMamba3, x: Tensor, state: State, noise: Tensor | None
                   backend: str) -> tuple[Tensor, State]:
     """Closed-form kernel of exactly HJMamba3 (``RotatingSSM`` or ``TrapezoidalRotatingSSM``
     under ``euler_b``; registered in :mod:`hjseq.catalog`): the fused op
-    ``hjseq.ops.mamba3_siso`` from the block's state (noise is never drawn: ε = 0)."""
+    ``hjseq.ops.mamba3_siso`` from the block's state. With noise (ε > 0 while training) it
+    declines: the engine's ``linear_scan`` path adds the noise to the state."""
+    if noise is not None:
+        raise BackendUnavailable("mamba3_siso has no noise term (viscosity > 0)")
     pr = block.project(x)
     args = block.op_args(pr)
     y, *final = mamba3_siso(**args, Input_States=tuple(state), return_final_states=True,

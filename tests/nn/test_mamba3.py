@@ -131,6 +131,22 @@ def test_paths_agree_with_gradients(trapezoidal):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-11, msg=f"{path} item {i}")
 
 
+def test_viscosity_noise_runs_the_structural_path():
+    """ε > 0 in training: the fused op declines (no noise term) and the linear_scan path
+    adds √(2εΔ)ξ to the state, as the loop does with the same draws."""
+    m = small()
+    m.eps = 1e-3
+    m.train()
+    u = torch.randn(1, 5, 32, dtype=f64)
+    torch.manual_seed(3)
+    noisy = m(u)
+    m.backend = "loop"
+    torch.manual_seed(3)
+    torch.testing.assert_close(m(u), noisy, rtol=1e-10, atol=1e-12)
+    m.eval()
+    assert (m(u) - noisy).abs().max() > 1e-6
+
+
 @pytest.mark.parametrize("dtype", [f64, torch.float32])
 def test_step_equals_forward_and_state_passing(dtype):
     m = small(dtype=dtype, ngroups=2)
