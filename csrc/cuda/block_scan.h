@@ -1,11 +1,12 @@
 // Device helpers shared by the CUDA scan kernels (plain CUDA, no torch headers; include
 // only from .cu files, named .h so that the extension build hash covers it): dtype
-// conversions, the affine map h -> a h + b and its composition, block-wide exclusive scans
-// of such maps (forward or reverse) and a block sum. Kernels using them run blocks of
+// conversions, 16-byte vectorized row loads/stores, the affine map h -> a h + b and its
+// composition, block-wide exclusive scans of such maps (forward or reverse) and a block sum. Kernels using them run blocks of
 // HJSEQ_SCAN_THREADS threads.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <stdint.h>
 
 #include "selective_scan.h"  // dtype codes HJSS_F32/F16/BF16 (plain C, no torch)
 
@@ -63,6 +64,47 @@ __device__ Map block_exclusive_scan(Map v, Map *warp_tot) {
     }
     __syncthreads();  // warp_tot may be reused by the next scan
     return compose(before, exc);
+}
+
+// Items t0 .. t0+K-1 of a row of T as floats (0 past L): K*sizeof(T)/16 16-byte vector
+// loads when the run lies inside the row and is 16-byte aligned, else element by element.
+template <typename T, int K>
+__device__ __forceinline__ void load_items(const T *row, int t0, int L, float (&out)[K]) {
+    constexpr int kPerVec = 16 / sizeof(T);
+    static_assert(K % kPerVec == 0, "items per thread must fill whole 16-byte vectors");
+    if (t0 + K <= L && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
+#pragma unroll
+        for (int v = 0; v < K / kPerVec; ++v) {
+            const uint4 raw = reinterpret_cast<const uint4 *>(row + t0)[v];
+            const T *e = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+            for (int j = 0; j < kPerVec; ++j) out[v * kPerVec + j] = to_f(e[j]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; ++i) out[i] = t0 + i < L ? to_f(row[t0 + i]) : 0.f;
+    }
+}
+
+// Store items t0 .. t0+K-1 (those before L) of a row of T, vectorized like load_items.
+template <typename T, int K>
+__device__ __forceinline__ void store_items(T *row, int t0, int L, const float (&v)[K]) {
+    constexpr int kPerVec = 16 / sizeof(T);
+    static_assert(K % kPerVec == 0, "items per thread must fill whole 16-byte vectors");
+    if (t0 + K <= L && (reinterpret_cast<uintptr_t>(row + t0) & 15) == 0) {
+#pragma unroll
+        for (int w = 0; w < K / kPerVec; ++w) {
+            uint4 raw;
+            T *e = reinterpret_cast<T *>(&raw);
+#pragma unroll
+            for (int j = 0; j < kPerVec; ++j) e[j] = from_f<T>(v[w * kPerVec + j]);
+            reinterpret_cast<uint4 *>(row + t0)[w] = raw;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < K; ++i)
+            if (t0 + i < L) row[t0 + i] = from_f<T>(v[i]);
+    }
 }
 
 // Sum over the block; the result is valid in thread 0.

@@ -1,6 +1,7 @@
 // CUDA linear scan h_t = a_t h_{t-1} + b_t over the last axis of (B, D, L), forward and
 // backward (see hjseq/ops/linear_scan/ref.py). One block per row (d, b); each of the
-// HJSS_THREADS threads owns HJSS_ITEMS consecutive steps of a chunk, composes their maps
+// HJSS_THREADS threads owns HJSS_ITEMS consecutive steps of a chunk (16-byte vector loads
+// and stores where aligned), composes their maps
 // h -> a h + b, and a block-wide scan (block_scan.h) gives each its entering state. The
 // state entering each chunk is saved; the backward recomputes a chunk's states from it and
 // runs g_t = dh_t + a_{t+1} g_{t+1} as a reverse block scan:
@@ -35,12 +36,12 @@ __global__ void __launch_bounds__(HJSS_THREADS) lin_fwd_kernel(HJLSParams p) {
         if (threadIdx.x == 0) p.states[row_id * p.n_chunks + c] = h_carry;
         const int t0 = c * HJSS_CHUNK + threadIdx.x * HJSS_ITEMS;
         float av[HJSS_ITEMS], bv[HJSS_ITEMS];
+        load_items(a, t0, L, av);
+        load_items(b, t0, L, bv);
         Map mine = {1.f, 0.f};
 #pragma unroll
         for (int i = 0; i < HJSS_ITEMS; ++i) {
-            const int t = t0 + i;
-            av[i] = t < L ? to_f(a[t]) : 1.f;
-            bv[i] = t < L ? to_f(b[t]) : 0.f;
+            if (t0 + i >= L) av[i] = 1.f;  // padding leaves the state unchanged
             mine = compose(mine, Map{av[i], bv[i]});
         }
         const Map before = block_exclusive_scan<false>(mine, warp_tot);
@@ -48,8 +49,9 @@ __global__ void __launch_bounds__(HJSS_THREADS) lin_fwd_kernel(HJLSParams p) {
 #pragma unroll
         for (int i = 0; i < HJSS_ITEMS; ++i) {
             h = av[i] * h + bv[i];
-            if (t0 + i < L) out[t0 + i] = from_f<T>(h);
+            bv[i] = h;
         }
+        store_items(out, t0, L, bv);
         if (threadIdx.x == HJSS_THREADS - 1) carry = h;
     }
     __syncthreads();
@@ -73,13 +75,13 @@ __global__ void __launch_bounds__(HJSS_THREADS) lin_bwd_kernel(HJLSParams p) {
         const float r_carry = carry;
         const int t0 = c * HJSS_CHUNK + threadIdx.x * HJSS_ITEMS;
         float av[HJSS_ITEMS], bv[HJSS_ITEMS], dh[HJSS_ITEMS], h[HJSS_ITEMS];
+        load_items(a, t0, L, av);
+        load_items(b, t0, L, bv);
+        load_items(dout, t0, L, dh);
         Map mine = {1.f, 0.f};
 #pragma unroll
         for (int i = 0; i < HJSS_ITEMS; ++i) {
-            const int t = t0 + i;
-            av[i] = t < L ? to_f(a[t]) : 1.f;
-            bv[i] = t < L ? to_f(b[t]) : 0.f;
-            dh[i] = t < L ? to_f(dout[t]) : 0.f;
+            if (t0 + i >= L) av[i] = 1.f;
             mine = compose(mine, Map{av[i], bv[i]});
         }
         const Map before = block_exclusive_scan<false>(mine, warp_tot);
@@ -99,11 +101,11 @@ __global__ void __launch_bounds__(HJSS_THREADS) lin_bwd_kernel(HJLSParams p) {
         for (int i = HJSS_ITEMS - 1; i >= 0; --i) {
             const float g = dh[i] + r;
             r = av[i] * g;
-            if (t0 + i < L) {
-                db[t0 + i] = from_f<T>(g);
-                da[t0 + i] = from_f<T>(g * (i == 0 ? h_in : h[i - 1]));
-            }
+            dh[i] = g;                                   // db_t
+            bv[i] = g * (i == 0 ? h_in : h[i - 1]);      // da_t
         }
+        store_items(db, t0, L, dh);
+        store_items(da, t0, L, bv);
         if (threadIdx.x == 0) carry = r;
     }
     __syncthreads();

@@ -3,13 +3,18 @@
 //   h_t = exp(Δ_t A) h_{t-1} + s_t B_t u_t,   y_t = C_t·h_t + D u_t,   out = y ⊙ silu(z)
 //   s = Δ (euler_b) or expm1(ΔA)/A (zoh).
 //
-// One block per (channel d, batch b); HJSS_THREADS threads each own HJSS_ITEMS consecutive
-// steps of a chunk of HJSS_CHUNK steps. For each state index n a thread composes its
+// One block per (channel d, batch b); HJSS_THREADS threads each own HJSS_ITEMS (16)
+// consecutive steps of a chunk of HJSS_CHUNK steps, read and written with 16-byte vector
+// accesses where aligned (load_items/store_items in block_scan.h). For each state index n a thread composes its
 // steps' affine maps h -> a h + b, a block-wide scan of those maps (warp shuffles, then
 // across warps) gives each thread its entering state, and the chunk's carry flows to the
 // next chunk. exp(ΔA) is exp2f(Δ · A·log2 e). The state entering each chunk is saved;
 // the backward recomputes a chunk's states from it and runs the co-state recurrence
 // g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse block scan (no (B, D, L, N) storage).
+// dB_t and dC_t (summed over the group's channels with float atomics) are first exchanged
+// through shared memory from blocked to striped order, so a warp's atomics are contiguous.
+// zoh and has_z are template parameters (four instances per dtype); D, delta_bias and
+// softplus stay uniform runtime branches.
 //
 // No torch headers: `nvcc -c -arch=sm_80 selective_scan.cu` compiles this file alone.
 // With HJSEQ_HOST_EMULATION defined (after an emulation header), the kernels compile as host
@@ -40,12 +45,13 @@ __device__ __forceinline__ float dexpm1_over_x(float x) {
 }
 
 // Discretization of one step: a = exp(ΔA) (by exp2f on A·log2 e) and the B scale s.
-__device__ __forceinline__ void step_factors(float delta, float A, bool zoh, float &a, float &s) {
+template <bool kZoh>
+__device__ __forceinline__ void step_factors(float delta, float A, float &a, float &s) {
     a = exp2f(delta * (A * kLog2e));
-    s = zoh ? delta * expm1_over_x(delta * A) : delta;
+    s = kZoh ? delta * expm1_over_x(delta * A) : delta;
 }
 
-template <typename T>
+template <typename T, bool kZoh, bool kHasZ>
 __global__ void __launch_bounds__(HJSS_THREADS) fwd_kernel(HJSSParams p) {
     __shared__ Map warp_tot[kWarps];
     __shared__ float carry[HJSS_MAX_N];
@@ -62,11 +68,11 @@ __global__ void __launch_bounds__(HJSS_THREADS) fwd_kernel(HJSSParams p) {
     for (int c = 0; c < p.n_chunks; ++c) {
         const int t0 = c * HJSS_CHUNK + threadIdx.x * HJSS_ITEMS;
         float uv[HJSS_ITEMS], dv[HJSS_ITEMS], y[HJSS_ITEMS];
+        load_items(u, t0, L, uv);
+        load_items(dl, t0, L, dv);
 #pragma unroll
         for (int i = 0; i < HJSS_ITEMS; ++i) {
-            const int t = t0 + i;
-            uv[i] = t < L ? to_f(u[t]) : 0.f;
-            float x = t < L ? to_f(dl[t]) + bias : 0.f;
+            const float x = t0 + i < L ? dv[i] + bias : 0.f;
             dv[i] = p.delta_softplus ? softplus(x) : x;
             y[i] = 0.f;
         }
@@ -76,57 +82,63 @@ __global__ void __launch_bounds__(HJSS_THREADS) fwd_kernel(HJSSParams p) {
             const float h_carry = carry[n];
             if (threadIdx.x == 0)
                 p.states[(((int64_t)b * p.dim + d) * p.n_chunks + c) * N + n] = h_carry;
-            float a[HJSS_ITEMS], bb[HJSS_ITEMS];
+            float a[HJSS_ITEMS], bb[HJSS_ITEMS], Cv[HJSS_ITEMS];
+            load_items(Bp + (int64_t)n * L, t0, L, bb);
+            load_items(Cp + (int64_t)n * L, t0, L, Cv);
             Map mine = {1.f, 0.f};
 #pragma unroll
             for (int i = 0; i < HJSS_ITEMS; ++i) {
-                const int t = t0 + i;
                 float s;
-                step_factors(dv[i], A, p.zoh, a[i], s);
-                bb[i] = t < L ? s * to_f(Bp[(int64_t)n * L + t]) * uv[i] : 0.f;
-                if (t >= L) a[i] = 1.f;
+                step_factors<kZoh>(dv[i], A, a[i], s);
+                bb[i] *= s * uv[i];  // 0 past L: B and u load as 0 there
+                if (t0 + i >= L) a[i] = 1.f;
                 mine = compose(mine, Map{a[i], bb[i]});
             }
             const Map before = block_exclusive_scan<false>(mine, warp_tot);
             float h = before.a * h_carry + before.b;
 #pragma unroll
             for (int i = 0; i < HJSS_ITEMS; ++i) {
-                const int t = t0 + i;
                 h = a[i] * h + bb[i];
-                if (t < L) y[i] += h * to_f(Cp[(int64_t)n * L + t]);
+                y[i] += h * Cv[i];
             }
             if (threadIdx.x == HJSS_THREADS - 1) carry[n] = h;
         }
 #pragma unroll
-        for (int i = 0; i < HJSS_ITEMS; ++i) {
-            const int t = t0 + i;
-            if (t >= L) continue;
-            float yi = y[i] + Dd * uv[i];
-            if (p.has_z) {
-                ((T *)p.ypre)[row + t] = from_f<T>(yi);
-                const float zt = to_f(((const T *)p.z)[row + t]);
-                yi *= zt / (1.f + expf(-zt));
-            }
-            ((T *)p.out)[row + t] = from_f<T>(yi);
+        for (int i = 0; i < HJSS_ITEMS; ++i) y[i] += Dd * uv[i];
+        if constexpr (kHasZ) {
+            store_items((T *)p.ypre + row, t0, L, y);
+            float zv[HJSS_ITEMS];
+            load_items((const T *)p.z + row, t0, L, zv);
+#pragma unroll
+            for (int i = 0; i < HJSS_ITEMS; ++i) y[i] *= zv[i] / (1.f + expf(-zv[i]));
         }
+        store_items((T *)p.out + row, t0, L, y);
     }
     __syncthreads();
     for (int n = threadIdx.x; n < N; n += HJSS_THREADS) p.hT[st + n] = carry[n];
 }
 
-template <typename T>
+// Shared-memory slot of step k of a chunk, padded by one float per 32 so that both the
+// blocked writes (thread i, item j -> k = i*ITEMS + j) and the striped reads are free of
+// bank conflicts.
+__device__ __forceinline__ int xch_slot(int k) { return k + (k >> 5); }
+constexpr int kXchSize = HJSS_CHUNK + HJSS_CHUNK / 32;
+
+template <typename T, bool kZoh, bool kHasZ>
 __global__ void __launch_bounds__(HJSS_THREADS) bwd_kernel(HJSSParams p) {
     __shared__ Map warp_tot[kWarps];
     __shared__ float scratch[kWarps];
     __shared__ float carry[HJSS_MAX_N];  // a_{t1} g_{t1}: gradient of the state entering the next chunk
     __shared__ float dA_acc[HJSS_MAX_N];
+    // dB_t, dC_t of this channel, exchanged blocked -> striped before the atomics, so that a
+    // warp's 32 atomics hit 32 consecutive floats (4 sectors) instead of 32 sectors
+    __shared__ float xch_B[kXchSize], xch_C[kXchSize];
     const int d = blockIdx.x, b = blockIdx.y, L = p.seqlen, N = p.dstate;
     const int g = d / (p.dim / p.n_groups);
     const int64_t row = ((int64_t)b * p.dim + d) * L;
     const int64_t bc_row = ((int64_t)b * p.n_groups + g) * N * (int64_t)L;
     const T *u = (const T *)p.u + row, *dl = (const T *)p.delta + row;
     const T *Bp = (const T *)p.B + bc_row, *Cp = (const T *)p.C + bc_row;
-    const T *dout = (const T *)p.dout + row;
     float *dB = p.dB + bc_row, *dC = p.dC + bc_row;
     const int64_t st = ((int64_t)b * p.dim + d) * N;
     for (int n = threadIdx.x; n < N; n += HJSS_THREADS) {
@@ -139,41 +151,42 @@ __global__ void __launch_bounds__(HJSS_THREADS) bwd_kernel(HJSSParams p) {
         const int t0 = c * HJSS_CHUNK + threadIdx.x * HJSS_ITEMS;
         float uv[HJSS_ITEMS], pre[HJSS_ITEMS], dv[HJSS_ITEMS], dy[HJSS_ITEMS];
         float du[HJSS_ITEMS], ddelta[HJSS_ITEMS];
+        load_items(u, t0, L, uv);
+        load_items(dl, t0, L, pre);
+        load_items((const T *)p.dout + row, t0, L, dy);
+        if constexpr (kHasZ) {
+            float zv[HJSS_ITEMS], yp[HJSS_ITEMS];
+            load_items((const T *)p.z + row, t0, L, zv);
+            load_items((const T *)p.ypre + row, t0, L, yp);
+#pragma unroll
+            for (int i = 0; i < HJSS_ITEMS; ++i) {
+                const float sz = 1.f / (1.f + expf(-zv[i]));
+                yp[i] = dy[i] * yp[i] * sz * (1.f + zv[i] * (1.f - sz));  // dz
+                dy[i] *= zv[i] * sz;
+            }
+            store_items((T *)p.dz + row, t0, L, yp);
+        }
 #pragma unroll
         for (int i = 0; i < HJSS_ITEMS; ++i) {
-            const int t = t0 + i;
-            const bool ok = t < L;
-            uv[i] = ok ? to_f(u[t]) : 0.f;
-            pre[i] = ok ? to_f(dl[t]) + bias : 0.f;
+            pre[i] = t0 + i < L ? pre[i] + bias : 0.f;
             dv[i] = p.delta_softplus ? softplus(pre[i]) : pre[i];
-            float go = ok ? to_f(dout[t]) : 0.f;
-            if (p.has_z && ok) {
-                const float zt = to_f(((const T *)p.z)[row + t]);
-                const float sz = 1.f / (1.f + expf(-zt));
-                const float yp = to_f(((const T *)p.ypre)[row + t]);
-                ((T *)p.dz)[row + t] = from_f<T>(go * yp * sz * (1.f + zt * (1.f - sz)));
-                go *= zt * sz;
-            }
-            dy[i] = go;
-            du[i] = Dd * go;
+            du[i] = Dd * dy[i];
             ddelta[i] = 0.f;
-            dD_thread += go * uv[i];
+            dD_thread += dy[i] * uv[i];
         }
         for (int n = 0; n < N; ++n) {
-            __syncthreads();  // carry[n] of the later chunk is written
+            __syncthreads();  // carry[n] of the later chunk is written; xch_* are free
             const float A = p.A[(int64_t)d * N + n];
             const float h_carry = p.states[(((int64_t)b * p.dim + d) * p.n_chunks + c) * N + n];
             const float r_carry = carry[n];
             float a[HJSS_ITEMS], s[HJSS_ITEMS], Bv[HJSS_ITEMS], Cv[HJSS_ITEMS], h[HJSS_ITEMS];
+            load_items(Bp + (int64_t)n * L, t0, L, Bv);
+            load_items(Cp + (int64_t)n * L, t0, L, Cv);
             Map mine = {1.f, 0.f};
 #pragma unroll
             for (int i = 0; i < HJSS_ITEMS; ++i) {
-                const int t = t0 + i;
-                const bool ok = t < L;
-                step_factors(dv[i], A, p.zoh, a[i], s[i]);
-                Bv[i] = ok ? to_f(Bp[(int64_t)n * L + t]) : 0.f;
-                Cv[i] = ok ? to_f(Cp[(int64_t)n * L + t]) : 0.f;
-                if (!ok) a[i] = 1.f;
+                step_factors<kZoh>(dv[i], A, a[i], s[i]);
+                if (t0 + i >= L) a[i] = 1.f;
                 mine = compose(mine, Map{a[i], s[i] * Bv[i] * uv[i]});
             }
             const Map before = block_exclusive_scan<false>(mine, warp_tot);
@@ -193,33 +206,42 @@ __global__ void __launch_bounds__(HJSS_THREADS) bwd_kernel(HJSSParams p) {
             float dA_thread = 0.f;
 #pragma unroll
             for (int i = HJSS_ITEMS - 1; i >= 0; --i) {
-                const int t = t0 + i;
-                const float gi = dy[i] * Cv[i] + r;  // co-state g_t
+                const float gi = dy[i] * Cv[i] + r;  // co-state g_t (0 contributions past L)
                 r = a[i] * gi;
-                if (t >= L) continue;
+                if (t0 + i >= L) continue;  // padding: nothing to accumulate
                 const float h_prev = i == 0 ? h_in : h[i - 1];
-                atomicAdd(dC + (int64_t)n * L + t, dy[i] * h[i]);
-                atomicAdd(dB + (int64_t)n * L + t, gi * s[i] * uv[i]);
+                const int k = threadIdx.x * HJSS_ITEMS + i;
+                xch_C[xch_slot(k)] = dy[i] * h[i];
+                xch_B[xch_slot(k)] = gi * s[i] * uv[i];
                 du[i] += gi * s[i] * Bv[i];
                 const float ga = gi * h_prev * a[i];  // g_t ∂h_t/∂(ΔA)
                 const float gbu = gi * Bv[i] * uv[i];  // g_t ∂h_t/∂s
-                ddelta[i] += ga * A + gbu * (p.zoh ? a[i] : 1.f);
+                ddelta[i] += ga * A + gbu * (kZoh ? a[i] : 1.f);
                 dA_thread += ga * dv[i];
-                if (p.zoh) dA_thread += gbu * dv[i] * dv[i] * dexpm1_over_x(dv[i] * A);
+                if constexpr (kZoh) dA_thread += gbu * dv[i] * dv[i] * dexpm1_over_x(dv[i] * A);
             }
             if (threadIdx.x == 0) carry[n] = r;
-            const float dA_blk = block_sum(dA_thread, scratch);
+            __syncthreads();  // xch_* written
+#pragma unroll 4
+            for (int j = 0; j < HJSS_ITEMS; ++j) {
+                const int k = j * HJSS_THREADS + threadIdx.x;
+                const int t = c * HJSS_CHUNK + k;
+                if (t < L) {
+                    atomicAdd(dC + (int64_t)n * L + t, xch_C[xch_slot(k)]);
+                    atomicAdd(dB + (int64_t)n * L + t, xch_B[xch_slot(k)]);
+                }
+            }
+            const float dA_blk = block_sum(dA_thread, scratch);  // syncs: xch_* read
             if (threadIdx.x == 0) dA_acc[n] += dA_blk;
         }
 #pragma unroll
         for (int i = 0; i < HJSS_ITEMS; ++i) {
-            const int t = t0 + i;
-            if (t >= L) continue;
             const float dd = p.delta_softplus ? ddelta[i] * dsoftplus(pre[i]) : ddelta[i];
-            dbias_thread += dd;
-            ((T *)p.du)[row + t] = from_f<T>(du[i]);
-            ((T *)p.ddelta)[row + t] = from_f<T>(dd);
+            ddelta[i] = t0 + i < L ? dd : 0.f;
+            dbias_thread += ddelta[i];
         }
+        store_items((T *)p.du + row, t0, L, du);
+        store_items((T *)p.ddelta + row, t0, L, ddelta);
     }
     const float dD_blk = block_sum(dD_thread, scratch);
     const float dbias_blk = block_sum(dbias_thread, scratch);
@@ -232,6 +254,18 @@ __global__ void __launch_bounds__(HJSS_THREADS) bwd_kernel(HJSSParams p) {
         p.dh0[st + n] = carry[n];
         p.dA_part[st + n] = dA_acc[n];
     }
+}
+
+// The kernel instance for the params' compile-time flags (zoh, has_z) and dtype T.
+template <typename T>
+void (*pick_fwd(const HJSSParams &p))(HJSSParams) {
+    if (p.zoh) return p.has_z ? fwd_kernel<T, true, true> : fwd_kernel<T, true, false>;
+    return p.has_z ? fwd_kernel<T, false, true> : fwd_kernel<T, false, false>;
+}
+template <typename T>
+void (*pick_bwd(const HJSSParams &p))(HJSSParams) {
+    if (p.zoh) return p.has_z ? bwd_kernel<T, true, true> : bwd_kernel<T, true, false>;
+    return p.has_z ? bwd_kernel<T, false, true> : bwd_kernel<T, false, false>;
 }
 
 #ifndef HJSEQ_HOST_EMULATION  // tests/gpu/cuda_emulation runs the kernels above on CPU threads
@@ -249,10 +283,12 @@ int launch(void (*f32)(HJSSParams), void (*f16)(HJSSParams), void (*b16)(HJSSPar
 
 #ifndef HJSEQ_HOST_EMULATION
 extern "C" int hjss_forward(const HJSSParams *p, cudaStream_t stream) {
-    return launch(fwd_kernel<float>, fwd_kernel<__half>, fwd_kernel<__nv_bfloat16>, p, stream);
+    return launch(pick_fwd<float>(*p), pick_fwd<__half>(*p), pick_fwd<__nv_bfloat16>(*p), p,
+                  stream);
 }
 
 extern "C" int hjss_backward(const HJSSParams *p, cudaStream_t stream) {
-    return launch(bwd_kernel<float>, bwd_kernel<__half>, bwd_kernel<__nv_bfloat16>, p, stream);
+    return launch(pick_bwd<float>(*p), pick_bwd<__half>(*p), pick_bwd<__nv_bfloat16>(*p), p,
+                  stream);
 }
 #endif  // HJSEQ_HOST_EMULATION

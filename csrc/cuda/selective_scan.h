@@ -30,7 +30,7 @@ typedef struct {
 
 // Chunk length (threads x items per thread) and the largest state size supported.
 #define HJSS_THREADS 128  // must equal HJSEQ_SCAN_THREADS (block_scan.h)
-#define HJSS_ITEMS 8
+#define HJSS_ITEMS 16  // two (bf16/fp16) or four (fp32) 16-byte vectors
 #define HJSS_CHUNK (HJSS_THREADS * HJSS_ITEMS)
 #define HJSS_MAX_N 256
 

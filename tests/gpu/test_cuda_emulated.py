@@ -2,8 +2,11 @@
 tests/gpu/cuda_emulation/emulate.cpp compiles the kernel source as host C++ and runs each
 CUDA block as 128 CPU threads (barriers for __syncthreads and warp shuffles). Forward and
 backward are compared with the float64 reference: outputs, final state and every gradient,
-over two chunks of 1024 steps, with groups, D, z, delta_bias/softplus, initial state, both
-schemes, fp32 and bf16; the linear scan likewise over three chunks. The parameter packing
+over two chunks of 2048 steps, with groups, D, z, delta_bias/softplus, initial state, every
+(zoh, has_z) template instance, fp32, fp16 and bf16, rows that take the 16-byte vector
+path (L a multiple of 16) and rows that do not; the linear scan likewise over three
+chunks. The emulated atomics also count the 32-byte sectors each warp-wide atomicAdd
+touches (coalescing of the dB/dC atomics). The parameter packing
 mirrors the bindings in csrc/cuda/*_binding.cpp."""
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def _cuda_include() -> Path:
 
 
 CUDA_INC = _cuda_include()
-CHUNK = 1024  # HJSS_CHUNK
+CHUNK = 2048  # HJSS_CHUNK = 128 threads x 16 items
 
 
 class Params(ctypes.Structure):
@@ -60,6 +63,7 @@ def emu(tmp_path_factory):
     assert res.returncode == 0, res.stderr[-4000:]
     lib = ctypes.CDLL(str(so))
     lib.emu_forward.argtypes = lib.emu_backward.argtypes = [ctypes.POINTER(Params)]
+    lib.emu_atomic_sectors_per_warp_op.restype = ctypes.c_double
     return lib
 
 
@@ -73,7 +77,7 @@ def emulated_scan(lib, u, delta, A, B, C, D, z, bias, h0, dout, dhT, zoh, softpl
     bsz, dim, L = u.shape
     N, G = A.shape[1], B.shape[1]
     dt = u.dtype
-    code = {torch.float32: 0, torch.bfloat16: 2}[dt]
+    code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dt]
     n_chunks = -(-L // CHUNK)
     f32 = dict(dtype=torch.float32)
     out, ypre = torch.empty_like(u), torch.empty_like(u)
@@ -102,30 +106,51 @@ def emulated_scan(lib, u, delta, A, B, C, D, z, bias, h0, dout, dhT, zoh, softpl
     return out, hT, grads
 
 
-def test_cuda_kernels_without_optional_inputs(emu):
+@pytest.mark.parametrize("scheme", ["euler_b", "zoh"])
+def test_cuda_kernels_without_optional_inputs(emu, scheme):
     """No D, z, delta_bias, softplus, initial or final-state gradient: the flag-off paths
-    (null pointers) of both kernels, one partial chunk, a single group."""
+    (null pointers, has_z = false instances) of both kernels, one partial chunk, a single
+    group; L = 304 is a multiple of 16, so rows take the 16-byte vector loads and stores."""
     g = torch.Generator().manual_seed(1)
-    u, dout = torch.randn(2, 3, 300, generator=g), torch.randn(2, 3, 300, generator=g)
-    delta = torch.rand(2, 3, 300, generator=g) * 0.5
-    B, C = torch.randn(2, 1, 4, 300, generator=g), torch.randn(2, 1, 4, 300, generator=g)
+    L = 304
+    u, dout = torch.randn(2, 3, L, generator=g), torch.randn(2, 3, L, generator=g)
+    delta = torch.rand(2, 3, L, generator=g) * 0.5
+    B, C = torch.randn(2, 1, 4, L, generator=g), torch.randn(2, 1, 4, L, generator=g)
     A = -torch.rand(3, 4, generator=g) - 0.05
     y, hT, grads = emulated_scan(emu, u, delta, A, B, C, None, None, None, None, dout, None,
-                                 zoh=False, softplus=False)
+                                 zoh=scheme == "zoh", softplus=False)
     x = {k: leaf(v.double()) for k, v in dict(u=u, delta=delta, A=A, B=B, C=C).items()}
-    y_ref, h_ref = ref_backend("selective_scan")(**x, return_final_state=True)
+    y_ref, h_ref = ref_backend("selective_scan")(**x, return_final_state=True, scheme=scheme)
     ref_grads = dict(zip(x, torch.autograd.grad((y_ref * dout.double()).sum(), list(x.values()))))
     assert rel_rms(y, y_ref) < 2e-5 and rel_rms(hT, h_ref) < 2e-5
     for name, gr in ref_grads.items():
         assert rel_rms(grads[name], gr) < 2e-5, (name, rel_rms(grads[name], gr))
 
 
-@pytest.mark.parametrize("scheme,dtype,tol", [("euler_b", torch.float32, 2e-5),
-                                              ("zoh", torch.float32, 2e-5),
-                                              ("zoh", torch.bfloat16, 2e-2)])
-def test_cuda_kernels_match_reference(emu, scheme, dtype, tol):
+def test_cuda_backward_atomics_are_coalesced(emu):
+    """dB/dC are exchanged through shared memory before the atomics: a warp's 32 atomics
+    hit 32 consecutive floats, 4 sectors of 32 bytes (each thread owning 16 consecutive
+    steps would make it 32 sectors)."""
+    g = torch.Generator().manual_seed(2)
+    L = 2 * 1024
+    u, dout = torch.randn(1, 1, L, generator=g), torch.randn(1, 1, L, generator=g)
+    delta = torch.rand(1, 1, L, generator=g) * 0.5
+    B, C = torch.randn(1, 1, 2, L, generator=g), torch.randn(1, 1, 2, L, generator=g)
+    A = -torch.rand(1, 2, generator=g) - 0.05
+    emulated_scan(emu, u, delta, A, B, C, None, None, None, None, dout, None, zoh=False,
+                  softplus=False)
+    assert 0 < emu.emu_atomic_sectors_per_warp_op() <= 4.0
+
+
+@pytest.mark.parametrize("scheme,dtype,tol,L", [("euler_b", torch.float32, 2e-5, CHUNK + 77),
+                                                ("zoh", torch.float32, 2e-5, CHUNK + 77),
+                                                ("zoh", torch.float16, 2e-3, CHUNK + 96),
+                                                ("zoh", torch.bfloat16, 2e-2, CHUNK + 77)])
+def test_cuda_kernels_match_reference(emu, scheme, dtype, tol, L):
+    """Two chunks, the second partial; L odd (only the first row is 16-byte aligned: the
+    element-wise path) or a multiple of 16 (vector loads and stores throughout)."""
     g = torch.Generator().manual_seed(0)
-    bsz, dim, L, N, G = 1, 2, CHUNK + 77, 3, 2  # two chunks, the second partial
+    bsz, dim, N, G = 1, 2, 3, 2
 
     def r(*s, scale=1.0, dt=dtype):
         return (torch.randn(*s, generator=g) * scale).to(dt)

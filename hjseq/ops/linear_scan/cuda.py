@@ -1,6 +1,6 @@
 """``backend="cuda"``: the hand-written CUDA linear scan in ``csrc/cuda/linear_scan.cu``
-(forward and backward; block-wide scan over chunks of 1024 steps, chunk-entry states saved
-for the backward), built on first use where torch has CUDA, a device is visible and nvcc is
+(forward and backward; block-wide scan over chunks of 2048 steps, 128 threads x 16 items,
+chunk-entry states saved for the backward), built on first use where torch has CUDA, a device is visible and nvcc is
 found. a and b are computed in one dtype (the wider of the two: fp32, fp16 or bf16) with
 fp32 arithmetic. Declined by :func:`supports`: ``cu_seqlens`` (use ``"triton"``), float64.
 """

@@ -1,7 +1,9 @@
 """``backend="cuda"``: the hand-written CUDA selective scan in ``csrc/cuda/`` (forward and
-backward; block-wide scan over chunks of 1024 steps, chunk-entry states saved for the
-backward). Built on first use through :func:`hjseq.ops._build.load_extension`, only where
-torch has CUDA, a device is present and ``nvcc`` is found; otherwise ``load()`` raises
+backward; block-wide scan over chunks of 2048 steps, 128 threads x 16 items with 16-byte
+vector loads, chunk-entry states saved for the backward, dB/dC exchanged through shared
+memory before their atomics, zoh/has_z compiled in). Built on first use through
+:func:`hjseq.ops._build.load_extension`, only where torch has CUDA, a device is present
+and ``nvcc`` is found; otherwise ``load()`` raises
 :class:`~hjseq.ops._registry.BackendUnavailable` saying which is missing.
 
 Supported: both schemes, D, z, delta_bias/softplus, groups, initial/final state, fp32,

@@ -4,7 +4,8 @@
 // launchers). Each CUDA thread of a block is a std::thread; __syncthreads is a
 // std::barrier over the block; a warp shuffle is a barrier-fenced exchange through a
 // block-wide buffer (every thread of the block reaches the kernels' shuffles together);
-// atomicAdd takes a mutex; __shared__ arrays are function statics, shared by the block's
+// atomicAdd takes a mutex and counts the calls per 32-thread warp and 32-byte sector (so
+// tests can check that the atomics of a warp are coalesced); __shared__ arrays are function statics, shared by the block's
 // threads because blocks run one after another. This checks the kernels' indexing, scans,
 // chunk carries and gradients exactly as written, not CUDA's performance or memory model.
 #include <cuda_runtime.h>
@@ -12,6 +13,8 @@
 #include <cuda_fp16.h>
 
 #include <barrier>
+#include <map>
+#include <set>
 #include <cmath>
 #include <functional>
 #include <mutex>
@@ -61,10 +64,17 @@ inline float __shfl_down_sync(unsigned, float v, int d) {
     const int lane = threadIdx.x & 31;
     return emu_exchange(v, lane + d < 32 ? (int)threadIdx.x + d : -1);
 }
+namespace hjemu {
+// (warp of the block, call index within that warp's thread) -> sectors touched
+inline std::map<std::pair<int, long>, std::set<uintptr_t>> atomic_sectors;
+inline thread_local long atomic_calls = 0;
+}  // namespace hjemu
 inline float atomicAdd(float *p, float v) {
     std::lock_guard<std::mutex> g(hjemu::atomic_mu);
     const float old = *p;
     *p = old + v;
+    const int warp = (int)(threadIdx.x >> 5) + 64 * (int)(blockIdx.x + 4096 * blockIdx.y);
+    hjemu::atomic_sectors[{warp, hjemu::atomic_calls++}].insert(reinterpret_cast<uintptr_t>(p) >> 5);
     return old;
 }
 
@@ -75,6 +85,7 @@ inline float atomicAdd(float *p, float v) {
 namespace {
 template <typename P>
 void run_grid(void (*kernel)(P), const P &p) {
+    hjemu::atomic_sectors.clear();
     for (int b = 0; b < p.batch; ++b) {
         for (int d = 0; d < p.dim; ++d) {
             hjemu::bid = {(unsigned)d, (unsigned)b, 0};
@@ -92,18 +103,21 @@ void run_grid(void (*kernel)(P), const P &p) {
 }
 }  // namespace
 
+// The same kernel instance (dtype, zoh, has_z) the CUDA launcher picks.
 extern "C" int emu_forward(const HJSSParams *p) {
     switch (p->dtype) {
-        case HJSS_F32: run_grid(fwd_kernel<float>, *p); return 0;
-        case HJSS_BF16: run_grid(fwd_kernel<__nv_bfloat16>, *p); return 0;
+        case HJSS_F32: run_grid(pick_fwd<float>(*p), *p); return 0;
+        case HJSS_F16: run_grid(pick_fwd<__half>(*p), *p); return 0;
+        case HJSS_BF16: run_grid(pick_fwd<__nv_bfloat16>(*p), *p); return 0;
         default: return 1;
     }
 }
 
 extern "C" int emu_backward(const HJSSParams *p) {
     switch (p->dtype) {
-        case HJSS_F32: run_grid(bwd_kernel<float>, *p); return 0;
-        case HJSS_BF16: run_grid(bwd_kernel<__nv_bfloat16>, *p); return 0;
+        case HJSS_F32: run_grid(pick_bwd<float>(*p), *p); return 0;
+        case HJSS_F16: run_grid(pick_bwd<__half>(*p), *p); return 0;
+        case HJSS_BF16: run_grid(pick_bwd<__nv_bfloat16>(*p), *p); return 0;
         default: return 1;
     }
 }
@@ -122,4 +136,13 @@ extern "C" int emu_linear_backward(const HJLSParams *p) {
         case HJSS_BF16: run_grid(lin_bwd_kernel<__nv_bfloat16>, *p); return 0;
         default: return 1;
     }
+}
+
+// Mean number of distinct 32-byte sectors per warp-wide atomicAdd of the last launch
+// (1 warp instruction = the k-th call of each of its 32 threads); 0 without atomics.
+extern "C" double emu_atomic_sectors_per_warp_op() {
+    if (hjemu::atomic_sectors.empty()) return 0.0;
+    double total = 0;
+    for (const auto &kv : hjemu::atomic_sectors) total += kv.second.size();
+    return total / hjemu::atomic_sectors.size();
 }
