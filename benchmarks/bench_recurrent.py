@@ -13,31 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import torch
 
-from hjseq.bench.harness import Record, dump_json, table
+from hjseq.bench.harness import Record, dump_json, interleaved, table
 from hjseq.ops._registry import available, resolve
 from hjseq.ops.recurrent_scan import recurrent_scan
 
 OP = "recurrent_scan"
 MODULES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN}
-
-
-def interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Per-call wall times (ms), the candidates run round-robin (one warm-up each) so that
-    load from other processes on a shared machine hits them all alike."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def main(argv: list[str] | None = None) -> int:

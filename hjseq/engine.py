@@ -212,16 +212,21 @@ def linear_scan_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
     decay, scale = get_scheme(spec.scheme).discrete_affine(a, sq.dt)
     full = (sq.B * sq.L, *sq.flow_shape)
     dtype = sq.h0.dtype
-    decay = torch.broadcast_to(decay, full).to(dtype).reshape(sq.B, sq.L, -1)
+    decay = torch.broadcast_to(torch.as_tensor(decay), full).to(dtype).reshape(sq.B, sq.L, -1)
     inp = torch.broadcast_to(scale * b, full).to(dtype).reshape(sq.B, sq.L, -1)
     if noise is not None:
         inp = inp + noise.reshape(sq.B, sq.L, -1).to(dtype)
     hs, h_T = linear_scan(decay.transpose(1, 2).contiguous(), inp.transpose(1, 2).contiguous(),
                           initial_state=sq.h0.reshape(sq.B, -1), return_final_state=True,
                           backend=_op_backend("linear_scan", backend))
-    hs = hs.transpose(1, 2).reshape(full)
-    y, _ = block.readout(hs, sq.drive, sq.state)
-    out = block.finish(sq.unflat(y), sq.seq)
+    hs = hs.transpose(1, 2)  # (B, L, S), a view
+    from .nn.base import RecurrentBlock
+
+    if type(block).readout is RecurrentBlock.readout and block.linear_readout is None:
+        ys = hs.reshape(sq.B, sq.L, *sq.flow_shape)  # y = h: no flattening copy
+    else:
+        ys = sq.unflat(block.readout(hs.reshape(full), sq.drive, sq.state)[0])
+    out = block.finish(ys, sq.seq)
     return out, block.replace_flow(sq.state, h_T.to(dtype).reshape(sq.h0.shape))
 
 
@@ -247,8 +252,8 @@ def ssd_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
     decay, scale = scheme.discrete_affine(a, dt)
     if not bool((decay > 0).all()):
         raise BackendUnavailable(f"scheme {spec.scheme!r} gives a non-positive decay")
-    log_decay = scheme.log_decay(a, dt)
-    H = xin.shape[-2]
+    log_decay = torch.broadcast_to(scheme.log_decay(a, dt), a.shape)
+    scale = torch.broadcast_to(torch.as_tensor(scale, dtype=a.dtype, device=a.device), a.shape)
     C = sq.drive[block.linear_readout]
     y, S_T = ssd_scan(sq.unflat((scale.unsqueeze(-1) * xin).to(xin.dtype)),
                       sq.unflat(log_decay), sq.unflat(Bv), sq.unflat(C),

@@ -68,8 +68,9 @@ class Scheme:
         """Advance ``h`` (B, S) over one step ``dt`` of ``ḣ = ∂H/∂p``; returns (B, S)."""
         raise NotImplementedError
 
-    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
-        """``(Ā, s)`` with the step on ``F = a⊙h + b`` equal to ``Ā ⊙ h + s ⊙ b``."""
+    def discrete_affine(self, a: Tensor | float, dt: Step) -> tuple[Tensor, Step]:
+        """``(Ā, s)`` with the step on ``F = a⊙h + b`` equal to ``Ā ⊙ h + s ⊙ b`` (a, Δ:
+        tensors or numbers broadcastable to h; s may be a number)."""
         raise NotImplementedError(f"scheme {self.name!r} is not a linear map on affine fields")
 
     def log_decay(self, a: Tensor, dt: Step) -> Tensor:
@@ -89,8 +90,9 @@ class Euler(Scheme):
              drive: "Drive") -> Tensor:
         return h + dt * hamiltonian.velocity(t, h, drive)
 
-    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
-        return 1 + dt * a, dt * torch.ones_like(a)
+    def discrete_affine(self, a: Tensor | float, dt: Step) -> tuple[Tensor, Step]:
+        decay = dt * a
+        return (decay.add_(1) if isinstance(decay, Tensor) else torch.tensor(1 + decay)), dt
 
 
 class GatedEuler(Euler):
@@ -126,12 +128,12 @@ class ZOH(Scheme):
         decay, scale = self.discrete_affine(a, dt)
         return decay * h + scale * b
 
-    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
-        dA = dt * a
+    def discrete_affine(self, a: Tensor | float, dt: Step) -> tuple[Tensor, Step]:
+        dA = torch.as_tensor(dt * a)
         return torch.exp(dA), dt * phi1(dA)
 
-    def log_decay(self, a: Tensor, dt: Step) -> Tensor:
-        return dt * a
+    def log_decay(self, a: Tensor | float, dt: Step) -> Tensor:
+        return torch.as_tensor(dt * a)
 
 
 class EulerB(ZOH):
@@ -140,9 +142,8 @@ class EulerB(ZOH):
 
     name, order = "euler_b", 1
 
-    def discrete_affine(self, a: Tensor, dt: Step) -> tuple[Tensor, Tensor]:
-        dA = dt * a
-        return torch.exp(dA), dt * torch.ones_like(dA)
+    def discrete_affine(self, a: Tensor | float, dt: Step) -> tuple[Tensor, Step]:
+        return torch.exp(torch.as_tensor(dt * a)), dt
 
 
 class HopfCole(Scheme):

@@ -126,7 +126,7 @@ class Hamiltonian(nn.Module):
 
     def affine(self, t: float, drive: Drive) -> tuple[Tensor, Tensor]:
         """``(a, b)`` with ``F(t, h; x) = a ⊙ h + b``, a and b independent of h and
-        broadcastable to h (a diagonal linear field). Declaring it lets every scheme with
+        broadcastable to h (tensors, or a number for a: a diagonal linear field). Declaring it lets every scheme with
         ``needs == "affine"`` (``zoh``, ``euler_b``) take the Hamiltonian, and lets the
         engine run the block through the fused ``linear_scan`` op. A Hamiltonian that
         defines :meth:`head_affine` gets this method from it."""
@@ -229,7 +229,8 @@ class DriveStep(StepRule):
         self.key, self.dt = key, _check_dt(dt)
 
     def forward(self, t: float, h: Tensor, drive: Drive) -> Tensor:
-        return self.dt * _trailing(drive[self.key], h)
+        d = _trailing(drive[self.key], h)
+        return d if self.dt == 1.0 else self.dt * d
 
     def extra_repr(self) -> str:
         return f"key={self.key!r}, dt={self.dt}"

@@ -50,7 +50,7 @@ def normalized_lse(x: Tensor, y: Tensor, g: Tensor, eps: float, t: float = 1.0, 
     W, b = hopf.affine_from_atoms(y, g, t)
     n_chunk = max(1, chunk // max(1, x.shape[0]))
     parts = [hopf.lse(x, W[i:i + n_chunk], b[i:i + n_chunk], eps) for i in range(0, W.shape[0], n_chunk)]
-    out = parts[0] if len(parts) == 1 else eps * torch.logsumexp(torch.stack(parts) / eps, dim=0)
+    out = parts[0] if len(parts) == 1 else hopf.smooth_max(torch.stack(parts), eps, dim=0)
     return out - eps * math.log(W.shape[0])
 
 

@@ -31,6 +31,20 @@ def time_fn(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
     return times
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Per-call wall times (ms), the candidates run round-robin (one warm-up each) so that
+    load from other processes on a shared machine hits them all alike."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 @dataclass
 class Record:
     op: str

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hjseq import hopf
+
 from hjseq.models.config import BlockSpec, ConfigError, ModelConfig, load_config
 from hjseq.models.kinds import KindError, get_kind
 from hjseq.nn.attention import HJAttention
@@ -74,9 +76,7 @@ class LSEMLP(nn.Module):
     def unit_outputs(self, x: Tensor) -> Tensor:
         """``u (..., n_units)``: each unit's ``f_ε(x)``."""
         z = self.in_proj(x).unflatten(-1, (self.n_units, self.n_atoms))
-        if self.eps == 0:
-            return z.amax(-1)
-        return self.eps * torch.logsumexp(z / self.eps, dim=-1)
+        return hopf.smooth_max(z, self.eps)
 
     def forward(self, x: Tensor, initial_state: None = None,
                 return_final_state: bool = False) -> Tensor | tuple[Tensor, None]:
@@ -89,7 +89,6 @@ class LSEMLP(nn.Module):
     def atoms(self, t: float = 1.0) -> tuple[Tensor, Tensor]:
         """Hopf–Cole atoms of every unit at time t: ``y (n_units, n_atoms, d)``, ``g (n_units,
         n_atoms)`` with ``y = 2tW``, ``g = −b − t|W|²``."""
-        from hjseq import hopf
 
         W = self.in_proj.weight.unflatten(0, (self.n_units, self.n_atoms))
         b = self.in_proj.bias.unflatten(0, (self.n_units, self.n_atoms))

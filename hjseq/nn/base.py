@@ -96,14 +96,18 @@ class RecurrentBlock(nn.Module):
                        device: torch.device | str | None = None) -> State:
         """A zero state for ``batch`` samples (defaults: the parameters' dtype and device)."""
         p = self.reference_parameter()
-        dtypes = self.state_dtypes(dtype or p.dtype)
-        parts = tuple(torch.zeros(batch, *shape, dtype=dt, device=device or p.device)
+        dtypes = self.state_dtypes(dtype or (p.dtype if p is not None
+                                             else torch.get_default_dtype()))
+        device = device or (p.device if p is not None else None)
+        parts = tuple(torch.zeros(batch, *shape, dtype=dt, device=device)
                       for shape, dt in zip(self.state_shapes(), dtypes))
         return parts[0] if len(parts) == 1 else parts
 
-    def reference_parameter(self) -> Tensor:
-        """The parameter whose dtype/device inputs must match (default: the first one)."""
-        return next(self.parameters())
+    def reference_parameter(self) -> Tensor | None:
+        """The tensor whose dtype/device inputs must match (default: the first parameter, else
+        the first buffer; None for a block that holds neither: no check)."""
+        return next(self.parameters(), None) if next(self.parameters(), None) is not None \
+            else next(self.buffers(), None)
 
     def state_shapes(self) -> tuple[tuple[int, ...], ...]:
         """Per-sample shape of each state part (in ``state_names`` order)."""
@@ -133,6 +137,9 @@ class RecurrentBlock(nn.Module):
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "backend":
             value = engine.check_backend(value, f"{type(self).__name__}: backend")
+        elif name == "eps":  # the spec owns ε (a Parameter would otherwise land on the block)
+            self.spec.viscosity = value
+            return
         super().__setattr__(name, value)
 
     def _set_backend(self, backend: str) -> None:
@@ -157,10 +164,10 @@ class RecurrentBlock(nn.Module):
         if x.shape[1] == 0:
             raise ValueError(f"{self._where()}: x has length L = 0; pass at least one token")
         p = self.reference_parameter()
-        if x.dtype != p.dtype:
+        if p is not None and x.dtype != p.dtype:
             raise TypeError(f"{self._where()}: x has dtype {x.dtype} but the parameters are "
                             f"{p.dtype}; cast x or the module (e.g. .to({x.dtype}))")
-        if x.device != p.device:
+        if p is not None and x.device != p.device:
             raise ValueError(f"{self._where()}: x is on {x.device} but the parameters are on "
                              f"{p.device}; move one of them")
         if self.check_finite:

@@ -19,19 +19,17 @@ import torch
 from torch import Tensor, nn
 
 from hjseq import hopf
+from hjseq.viscosity import check_viscosity
 
 
 def check_eps(eps: float, name: str = "eps") -> float:
-    """Validate a viscosity/temperature: a finite float ``>= 0``. Returns it as a float."""
+    """A scalar viscosity/temperature ε ≥ 0 (0 = the tropical/hard limit), as a float;
+    validated by the one viscosity check (:func:`hjseq.viscosity.check_viscosity`)."""
     if isinstance(eps, Tensor):
         if eps.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(eps.shape)}")
         eps = float(eps)
-    if not isinstance(eps, (int, float)):
-        raise TypeError(f"{name} must be a float >= 0, got {type(eps).__name__}")
-    if math.isnan(eps) or math.isinf(eps) or eps < 0:
-        raise ValueError(f"{name} must be a finite float >= 0 (0 = tropical/hard limit), got {eps}")
-    return float(eps)
+    return float(check_viscosity(eps, name))
 
 
 def check_finite(x: Tensor, name: str) -> None:
@@ -128,11 +126,9 @@ class LSELayer(nn.Module):
         return hopf.lse(x, self.weight, self.bias, self.eps)
 
     def attribution_weights(self, x: Tensor) -> Tensor:
-        """π ``(..., N)``: ``softmax(s/ε)`` (one-hot argmax at ε = 0); rows sum to 1."""
-        s = self.logits(x)
-        if self.eps == 0:
-            return nn.functional.one_hot(s.argmax(-1), self.n_atoms).to(s.dtype)
-        return torch.softmax(s / self.eps, dim=-1)
+        """π ``(..., N)``: ``softmax(s/ε)`` (at ε = 0 split evenly over the maximisers);
+        rows sum to 1."""
+        return hopf.gibbs(self.logits(x), self.eps)
 
     def atoms(self, t: float = 1.0) -> tuple[Tensor, Tensor]:
         """``(y, g)`` at time t by the inverse map ``y_j = 2tW_j``, ``g_j = −b_j − t|W_j|²``."""

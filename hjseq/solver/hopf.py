@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hjseq import hopf
+
 from hjseq.hopf import (  # noqa: F401  (re-exported: the discrete closed forms live there once)
     affine_from_atoms,
     atom_costs,
@@ -89,7 +91,7 @@ def hopf_cole_continuous(x: Tensor, g: InitialData, t: float, eps: float,
     y, logw = quadrature_grid(lo, hi, n_panels, order, breakpoints, x.dtype, x.device)
     cost = g(y) + ((x.unsqueeze(-2) - y) ** 2).sum(-1) / (4 * t)  # (..., M)
     log_norm = -0.5 * d * math.log(4 * math.pi * eps * t)
-    return -eps * (torch.logsumexp(-cost / eps + logw, dim=-1) + log_norm)
+    return -hopf.smooth_max(eps * logw - cost, eps) - eps * log_norm
 
 
 def hopf_lax_continuous(x: Tensor, g: InitialData, t: float, lo: Sequence[float],

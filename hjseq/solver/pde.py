@@ -27,6 +27,8 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from hjseq.viscosity import check_viscosity
+
 
 # ----------------------------------------------------------------------------- grid
 @dataclass(frozen=True)
@@ -309,8 +311,7 @@ def solve(settings: SolverSettings, hamiltonian: GridHamiltonian, grid: Grid, u0
     times = [float(s) for s in times]
     if len(times) < 1 or any(b <= a for a, b in zip(times[:-1], times[1:])):
         raise ValueError("times must be a non-empty, strictly increasing sequence")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0 (viscosity), got {eps}")
+    check_viscosity(eps)
     if not u0.is_floating_point():
         raise TypeError("u0 must be a floating-point tensor")
     if tuple(u0.shape[u0.dim() - grid.ndim:]) != tuple(grid.shape):

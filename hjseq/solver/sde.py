@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from hjseq.viscosity import check_viscosity
+
 
 @dataclass
 class MonteCarloEstimate:
@@ -47,8 +49,7 @@ def euler_maruyama(drift: Callable[[float, Tensor], Tensor], x0: Tensor, t0: flo
     x0: (P, ...) — every row an independent path (repeat a start point to get many paths).
     Returns X(t1) (P, ...) or, with ``return_path``, (n_steps+1, P, ...). Seeded: the same
     seed gives the same paths on the same device."""
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0 (viscosity), got {eps}")
+    check_viscosity(eps)
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not x0.is_floating_point():

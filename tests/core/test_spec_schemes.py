@@ -82,8 +82,10 @@ def test_hopf_cole_scheme_is_exact_characteristic_and_value():
         many = sch.step(ham, 1 / 8, 0.0, many, {"p": p})
     torch.testing.assert_close(one, many, atol=1e-14, rtol=0)
     torch.testing.assert_close(one, x + 2 * p)
-    with pytest.raises(TypeError, match="hopf_cole"):
-        sch.step(ElmanRNN(), 1.0, 0.0, x, _drives(9, 1)[0])
+    with pytest.raises(ValueError, match="hopf_cole.*'quadratic'"):
+        sch.check(ElmanRNN())
+    with pytest.raises(ValueError, match="hopf_cole.*'quadratic'"):
+        HJSpec(ElmanRNN(), scheme="hopf_cole")
 
 
 def _ssm_case():
@@ -166,7 +168,9 @@ def test_spec_validation_names_the_argument():
         HJSpec(ElmanRNN(), scheme="rk4")
     with pytest.raises(TypeError, match="hamiltonian"):
         HJSpec(lambda t, h, d: h)
-    with pytest.raises(NotImplementedError, match="zoh"):
+    with pytest.raises(ValueError, match="scheme 'zoh' needs .*'affine'.*euler"):
+        HJSpec(ElmanRNN(), scheme="zoh")  # rejected when the spec is built
+    with pytest.raises(NotImplementedError, match="affine"):
         SCHEMES["zoh"].step(ElmanRNN(), 0.1, 0.0, torch.zeros(3, 4, **f64), _drives()[0])
     # a learnable viscosity is accepted and re-validated on demand
     eps = torch.nn.Parameter(torch.tensor([0.1, 0.2]))
