@@ -70,9 +70,12 @@ class GatedRMSNorm(nn.Module):
         gate = None if z is None else F.silu(z.to(acc))
         if gate is not None and not self.norm_before_gate:
             h = h * gate
-        g = h.unflatten(-1, (-1, self.group_size))
-        h = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        h = h * self.weight.to(acc)
+        w, d = self.weight.to(acc), h.shape[-1]
+        if self.group_size == d:
+            h = F.rms_norm(h, (d,), w, eps=self.eps)
+        else:
+            h = F.rms_norm(h.unflatten(-1, (-1, self.group_size)), (self.group_size,),
+                           eps=self.eps).flatten(-2) * w
         if gate is not None and self.norm_before_gate:
             h = h * gate
         return h.to(dtype)
@@ -233,7 +236,7 @@ class HJMamba2(RecurrentBlock):
         """``out_proj(norm(y + D x, z))`` (with the MLP lanes in front); ys (B, L, H, P)."""
         xs, z = seq["x"], seq["z"]
         acc = accumulation_dtype(xs.dtype)
-        y = (ys.to(acc) + self._D(acc) * xs.to(acc)).flatten(-2)
+        y = torch.addcmul(ys.to(acc), xs.to(acc), self._D(acc)).flatten(-2)
         y = self.norm(y, z.to(acc)) if self.rmsnorm else y * F.silu(z.to(acc))
         if self.d_mlp:
             y = torch.cat([F.silu(seq["z0"].to(acc)) * seq["x0"].to(acc), y], dim=-1)
