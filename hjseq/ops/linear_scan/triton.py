@@ -40,7 +40,8 @@ if triton is not None:
     def _lin_fwd_kernel(a_ptr, b_ptr, h0_ptr, out_ptr, states_ptr, hT_ptr, cu_ptr, slot_ptr,
                         L, D, s_ab, s_ad, s_al, s_bb, s_bd, s_bl, s_ob, s_od, s_ol,
                         BLOCK_D: tl.constexpr, T: tl.constexpr, HAS_H0: tl.constexpr,
-                        VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr):
+                        VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr,
+                        NUM_STAGES: tl.constexpr):
         pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
         d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = d < D
@@ -52,7 +53,7 @@ if triton is not None:
             h = tl.zeros((BLOCK_D,), dtype=ACC)
         slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
         tt = tl.arange(0, T).to(tl.int64)
-        for k in range(0, tl.cdiv(eos - bos, T)):
+        for k in tl.range(0, tl.cdiv(eos - bos, T), num_stages=NUM_STAGES):
             if SAVE_STATES:
                 tl.store(states_ptr + (slot0 + k) * D + d, h, mask=dmask)
             t = bos + k * T + tt
@@ -62,9 +63,13 @@ if triton is not None:
             b = tl.load(b_ptr + bb * s_bb + d[:, None] * s_bd + t[None, :] * s_bl, mask=m2,
                         other=0.0).to(ACC)
             a_cum, h_loc = tl.associative_scan((a, b), 1, scan_combine)
+            # the carry uses the tile's total map only (one FMA, off the outputs' path)
+            last = tt[None, :] == T - 1
+            a_tot = tl.sum(tl.where(last, a_cum, 0.0), axis=1)
+            b_tot = tl.sum(tl.where(last, h_loc, 0.0), axis=1)
             hs = h_loc + a_cum * h[:, None]
             tl.store(out_ptr + bb * s_ob + d[:, None] * s_od + t[None, :] * s_ol, hs, mask=m2)
-            h = tl.sum(tl.where(tt[None, :] == T - 1, hs, 0.0), axis=1)
+            h = a_tot * h + b_tot
         tl.store(hT_ptr + pid_s * D + d, h, mask=dmask)
 
     @triton.jit
@@ -73,7 +78,8 @@ if triton is not None:
                         L, D, s_ab, s_ad, s_al, s_bb, s_bd, s_bl, s_ob, s_od, s_ol,
                         s_gb, s_gd, s_gl,
                         BLOCK_D: tl.constexpr, T: tl.constexpr, VARLEN: tl.constexpr,
-                        ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr):
+                        ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr,
+                        NUM_STAGES: tl.constexpr):
         pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
         d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
         dmask = d < D
@@ -83,7 +89,7 @@ if triton is not None:
         slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
         tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
-        for kk in range(0, n_tiles):
+        for kk in tl.range(0, n_tiles, num_stages=NUM_STAGES):
             k = n_tiles - 1 - kk
             h_in = tl.load(states_ptr + (slot0 + k) * D + d, mask=dmask, other=0.0)
             t = bos + k * T + tt
@@ -112,10 +118,15 @@ if triton is not None:
             g = flip_time(g_loc + g_cum * P[:, None], 1, LOG2_T, IDT)
             g = tl.where(m2, g, 0.0)
             a = tl.load(a_ptr + a_off + t[None, :] * s_al, mask=m2, other=0.0).to(ACC)
+            # carry a_{t0} g_{t0} from the tile totals (slot T-1 holds step 0): one FMA on P
+            first_r = tt[None, :] == T - 1
+            a0 = tl.sum(tl.where(tt[None, :] == 0, a, 0.0), axis=1)
+            gc0 = tl.sum(tl.where(first_r, g_cum, 0.0), axis=1)
+            gl0 = tl.sum(tl.where(first_r, g_loc, 0.0), axis=1)
             out_off = bb * s_ob + d[:, None] * s_od + t[None, :] * s_ol
             tl.store(db_ptr + out_off, g, mask=m2)
             tl.store(da_ptr + out_off, g * h_prev, mask=m2)
-            P = tl.sum(tl.where(tt[None, :] == 0, a * g, 0.0), axis=1)
+            P = a0 * (gl0 + gc0 * P)
         tl.store(dh0_ptr + pid_s * D + d, P, mask=dmask)
 
 
@@ -125,6 +136,11 @@ def _config(length: int, dim: int, device: torch.device) -> tuple[int, int, int]
         t = pick_tile(length, cap=128)
         return min(triton.next_power_of_2(dim), max(1, 2048 // t)), t, 4
     return min(triton.next_power_of_2(dim), 16), pick_tile(length, cap=64), 1
+
+
+def _stages(device: torch.device) -> int:
+    """Software-pipelining depth of the tile loops (prefetch the next tile on CUDA)."""
+    return 2 if device.type == "cuda" else 1
 
 
 class _LinearScanFn(torch.autograd.Function):
@@ -145,7 +161,8 @@ class _LinearScanFn(torch.autograd.Function):
             cu_seqlens if cu_seqlens is not None else slots, slots, L, dim,
             *a.stride(), *b.stride(), *out.stride(),
             BLOCK_D=block_d, T=T, HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None,
-            SAVE_STATES=need_grad, ACC=tl_dtype(acc), num_warps=warps)
+            SAVE_STATES=need_grad, ACC=tl_dtype(acc), NUM_STAGES=_stages(b.device),
+            num_warps=warps)
         ctx.save_for_backward(a, b, h0, cu_seqlens, states if need_grad else None, slots)
         ctx.cfg = (block_d, T, warps, n_seq, acc)
         return out, hT
@@ -165,7 +182,8 @@ class _LinearScanFn(torch.autograd.Function):
             a, b, dout, dhT, states, cu_seqlens if cu_seqlens is not None else slots, slots,
             da, db, dh0, L, dim, *a.stride(), *b.stride(), *da.stride(), *dout.stride(),
             BLOCK_D=block_d, T=T, VARLEN=cu_seqlens is not None, ACC=tl_dtype(acc),
-            LOG2_T=log2_exact(T), IDT=int_dtype(acc), num_warps=warps)
+            LOG2_T=log2_exact(T), IDT=int_dtype(acc), NUM_STAGES=_stages(b.device),
+            num_warps=warps)
         return da, db, (dh0.to(h0.dtype) if h0 is not None else None), None
 
 

@@ -82,10 +82,11 @@ if triton is not None:
                        other=0.0).to(ACC)
 
     @triton.jit
-    def _step_factors(delta, A, ZOH: tl.constexpr):
-        """Ā = exp(ΔA) and the B-scale s (Δ or expm1(ΔA)/A) on the (BLOCK_D, T, N) tile."""
+    def _step_factors(delta, A, A2, ZOH: tl.constexpr):
+        """Ā = exp(ΔA) = exp2(Δ·A2) (A2 = A log2 e) and the B-scale s (Δ or expm1(ΔA)/A) on
+        the (BLOCK_D, T, N) tile."""
         dA = delta[:, :, None] * A[:, None, :]
-        a = tl.exp(dA)
+        a = tl.exp2(delta[:, :, None] * A2[:, None, :])
         if ZOH:
             s = delta[:, :, None] * _expm1_over_x(dA)
         else:
@@ -103,7 +104,8 @@ if triton is not None:
             BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr,
             HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_H0: tl.constexpr,
-            VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr):
+            VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr,
+            NUM_STAGES: tl.constexpr):
         pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
         pid_g = tl.program_id(1).to(tl.int64)
         pid_d = tl.program_id(2).to(tl.int64)
@@ -122,6 +124,7 @@ if triton is not None:
         nmask = n < N
         dn_mask = dmask[:, None] & nmask[None, :]
         A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=dn_mask, other=0.0).to(ACC)
+        A2 = A * 1.4426950408889634  # log2 e: exp(ΔA) = exp2(Δ A2)
         if HAS_D:
             Dv = tl.load(Dv_ptr + d, mask=dmask, other=0.0).to(ACC)
         if HAS_BIAS:
@@ -136,7 +139,7 @@ if triton is not None:
         C_base = C_ptr + b * s_Cb + pid_g * s_Cg
         tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
-        for k in range(0, n_tiles):
+        for k in tl.range(0, n_tiles, num_stages=NUM_STAGES):
             if SAVE_STATES:
                 tl.store(states_ptr + (slot0 + k) * s_hs + hs_off, h, mask=dn_mask)
             t = bos + k * T + tt
@@ -153,11 +156,16 @@ if triton is not None:
                          other=0.0).to(ACC)
             Ct = tl.load(C_base + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=tn_mask,
                          other=0.0).to(ACC)
-            a, s, _ = _step_factors(delta, A, ZOH)
+            a, s, _ = _step_factors(delta, A, A2, ZOH)
             m3 = tmask[None, :, None]
             a = tl.where(m3, a, 1.0)  # padded steps leave the state unchanged
             beta = tl.where(m3, s * Bt[None, :, :] * u[:, :, None], 0.0)
             a_cum, h_loc = tl.associative_scan((a, beta), 1, scan_combine)
+            # the tile's total map (Π Ā, scan of B̄u at its last step) does not depend on the
+            # entering state: the carry between tiles is one FMA, off the outputs' path
+            last = tt[None, :, None] == T - 1
+            a_tot = tl.sum(tl.where(last, a_cum, 0.0), axis=1)
+            b_tot = tl.sum(tl.where(last, h_loc, 0.0), axis=1)
             hs = h_loc + a_cum * h[:, None, :]
             y = tl.sum(hs * Ct[None, :, :], axis=2)
             if HAS_D:
@@ -166,7 +174,7 @@ if triton is not None:
                 zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
                 y = y * zt * tl.sigmoid(zt)
             tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, y, mask=m2)
-            h = tl.sum(tl.where(tt[None, :, None] == T - 1, hs, 0.0), axis=1)
+            h = a_tot * h + b_tot
         tl.store(hT_ptr + pid_s * s_hs + hs_off, h, mask=dn_mask)
 
     @triton.jit
@@ -182,7 +190,8 @@ if triton is not None:
             BLOCK_D: tl.constexpr, T: tl.constexpr, BLOCK_N: tl.constexpr,
             HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_DHT: tl.constexpr,
-            VARLEN: tl.constexpr, ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr):
+            VARLEN: tl.constexpr, ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr,
+            NUM_STAGES: tl.constexpr):
         pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
         pid_g = tl.program_id(1).to(tl.int64)
         pid_d = tl.program_id(2).to(tl.int64)
@@ -201,6 +210,7 @@ if triton is not None:
         nmask = n < N
         dn_mask = dmask[:, None] & nmask[None, :]
         A = tl.load(A_ptr + d[:, None] * s_Ad + n[None, :] * s_An, mask=dn_mask, other=0.0).to(ACC)
+        A2 = A * 1.4426950408889634  # log2 e: exp(ΔA) = exp2(Δ A2)
         if HAS_D:
             Dv = tl.load(Dv_ptr + d, mask=dmask, other=0.0).to(ACC)
         if HAS_BIAS:
@@ -222,7 +232,7 @@ if triton is not None:
         dC_base = dC_ptr + b * s_dBb + pid_g * s_dBg
         tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
-        for kk in range(0, n_tiles):
+        for kk in tl.range(0, n_tiles, num_stages=NUM_STAGES):
             k = n_tiles - 1 - kk
             h0 = tl.load(states_ptr + (slot0 + k) * s_hs + hs_off, mask=dn_mask, other=0.0)
             t = bos + k * T + tt
@@ -242,7 +252,7 @@ if triton is not None:
                          other=0.0).to(ACC)
             Ct = tl.load(C_base + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=tn_mask,
                          other=0.0).to(ACC)
-            a, s, dA_t = _step_factors(delta, A, ZOH)
+            a, s, dA_t = _step_factors(delta, A, A2, ZOH)
             m3 = tmask[None, :, None]
             a = tl.where(m3, a, 1.0)
             Bu = Bt[None, :, :] * u[:, :, None]
@@ -277,7 +287,7 @@ if triton is not None:
                 dn = dn + bias[:, None]
             if SOFTPLUS:
                 dn = _softplus(dn)
-            a_next_r = tl.where(nmr[:, :, None], tl.exp(dn[:, :, None] * A[:, None, :]), 1.0)
+            a_next_r = tl.where(nmr[:, :, None], tl.exp2(dn[:, :, None] * A2[:, None, :]), 1.0)
             dy_r = _load_tile(dout_ptr, b, s_gb, d, s_gd, tr, s_gl, mr, ACC)
             if HAS_Z:
                 zr = _load_tile(z_ptr, b, s_zb, d, s_zd, tr, s_zl, mr, ACC)
@@ -286,6 +296,12 @@ if triton is not None:
                          mask=trmask[:, None] & nmask[None, :], other=0.0).to(ACC)
             g_cum, g_loc = tl.associative_scan((a_next_r, dy_r[:, :, None] * Cr[None, :, :]), 1,
                                                scan_combine)
+            # carry to the previous tile, Ā_{t0} g_{t0}, from the tile totals (slot T-1 holds
+            # step 0): one FMA on P instead of a reduction over the flipped co-state
+            first_r = tt[None, :, None] == T - 1
+            a0 = tl.sum(tl.where(tt[None, :, None] == 0, a, 0.0), axis=1)
+            gc0 = tl.sum(tl.where(first_r, g_cum, 0.0), axis=1)
+            gl0 = tl.sum(tl.where(first_r, g_loc, 0.0), axis=1)
             g = flip_time(g_loc + g_cum * P[:, None, :], 1, LOG2_T, IDT)
             g = tl.where(m3, g, 0.0)
             # dC_t = Σ_d dy h_t, dB_t = Σ_d g s u: summed over this program's channels here,
@@ -313,7 +329,7 @@ if triton is not None:
             tl.store(du_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, du, mask=m2)
             tl.store(ddelta_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, ddelta,
                      mask=m2)
-            P = tl.sum(tl.where(tt[None, :, None] == 0, a * g, 0.0), axis=1)
+            P = a0 * (gl0 + gc0 * P)
             # a tile past the end (empty sequence) never runs; P then stays dhT
         tl.store(dh0_ptr + pid_s * s_hs + hs_off, P, mask=dn_mask)
         tl.store(dA_ptr + pid_s * D_total * BLOCK_N + d[:, None] * BLOCK_N + n[None, :], dA_acc,
@@ -331,10 +347,12 @@ class _Meta:
     """Shapes and launch parameters of the forward and backward launches (they share T,
     the tile of the saved states; BLOCK_D and num_warps may differ).
 
-    On CUDA the (BLOCK_D, T, N) tile holds ~4K elements in the forward and ~2K in the
-    heavier backward, 8 and 4 warps: at N = 16 the sm_80 build of the forward then uses 128
-    registers and the backward 255, neither spilling (ptxas -v on the compiled PTX; no GPU
-    has timed these choices yet). Under the interpreter larger tiles mean fewer numpy steps.
+    On CUDA the time tile is 32 steps for N ≤ 32 and 16 above; the forward's
+    (BLOCK_D, T, N) tile holds up to 4K elements over 8 warps, the heavier backward's up to
+    1K over 4 warps (2K or more over 8 at N ≥ 128), so that its ~10 live tile-sized values
+    fit in registers. ``benchmarks/bench_gpu.py --registers`` prints what ptxas reports for
+    these choices at N = 16, 64, 128; no GPU has timed them yet. Tile loops prefetch with
+    ``num_stages=2``. Under the interpreter larger tiles mean fewer numpy steps.
     """
 
     def __init__(self, u: Tensor, A: Tensor, B4: Tensor, cu_seqlens: Tensor | None):
@@ -347,14 +365,18 @@ class _Meta:
         self.acc = accumulation_dtype(u.dtype)
         dg = triton.next_power_of_2(self.DG)
         if _on_gpu(u):
-            self.T = pick_tile(self.L, cap=32)
-            self.block_d_fwd = max(1, min(dg, 8, 4096 // (self.T * self.block_n)))
-            self.block_d_bwd = max(1, min(dg, 4, 2048 // (self.T * self.block_n)))
-            self.warps_fwd, self.warps_bwd = 8, 4
+            self.T = pick_tile(self.L, cap=32 if self.block_n <= 32 else 16)
+            tn = self.T * self.block_n
+            self.block_d_fwd = max(1, min(dg, 8, 4096 // tn))
+            self.block_d_bwd = max(1, min(dg, 4, 1024 // tn))
+            self.warps_fwd = 8
+            self.warps_bwd = 4 if self.block_n <= 32 else 8
+            self.stages = 2
         else:
             self.T = pick_tile(self.L, cap=64)
             self.block_d_fwd = self.block_d_bwd = min(dg, 16)
             self.warps_fwd = self.warps_bwd = 1
+            self.stages = 1
 
     def grid(self, block_d: int) -> tuple[int, int, int]:
         return (self.n_seq, self.G, triton.cdiv(self.DG, block_d))
@@ -381,7 +403,7 @@ def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_
         HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=zoh,
         HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None, SAVE_STATES=save_states,
-        ACC=tl_dtype(m.acc), num_warps=m.warps_fwd)
+        ACC=tl_dtype(m.acc), NUM_STAGES=m.stages, num_warps=m.warps_fwd)
     return out, hT, states, slots
 
 
@@ -434,7 +456,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             ZOH=ctx.zoh, HAS_DHT=dhT is not None, VARLEN=cu_seqlens is not None,
             ACC=tl_dtype(m.acc), LOG2_T=log2_exact(m.T), IDT=int_dtype(m.acc),
-            num_warps=m.warps_bwd)
+            NUM_STAGES=m.stages, num_warps=m.warps_bwd)
         dA = dA_p[:, :, :m.N].sum(0).to(A.dtype)
         dD = dD_p.sum(0).to(D.dtype) if D is not None else None
         dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
