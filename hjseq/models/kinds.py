@@ -102,6 +102,14 @@ def _default_build(cls: type) -> tuple[Builder, tuple[str, ...]]:
                     "recurrent cell), or pass build=(d_model, options) -> module")
 
 
+def _default_options(cls: type, skip: tuple[str, ...]) -> OptionSchema:
+    out = options_from_signature(cls, skip)
+    if skip == ("input_size",):  # a recurrent cell: its width is an option (default d_model)
+        out.setdefault("hidden_size", ((int,), "state size (default d_model); projected back "
+                                              "to d_model"))
+    return out
+
+
 def _check_class(cls: Any, where: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise KindError(f"{where}: {cls!r} is not an nn.Module class")
@@ -124,7 +132,7 @@ def register_block(kind: str, cls: type, options: OptionSchema | None = None,
     if build is None:
         build, skip = _default_build(cls)
     entry = BlockKind(kind, cls, dict(options) if options is not None
-                      else options_from_signature(cls, skip), build)
+                      else _default_options(cls, skip), build)
     _KINDS[kind] = entry
     for alias in aliases:
         _ALIASES[alias] = kind
@@ -173,7 +181,7 @@ def get_kind(kind: str) -> BlockKind:
         cls = _import_class(kind)
         _check_class(cls, f"kind {kind!r}")
         build, skip = _default_build(cls)
-        entry = BlockKind(kind, cls, options_from_signature(cls, skip), build)
+        entry = BlockKind(kind, cls, _default_options(cls, skip), build)
         _KINDS[kind] = entry
         return entry
     raise KindError(f"unknown block kind {kind!r}; one of {', '.join(known_kinds())}, or "
