@@ -100,6 +100,7 @@ class TrainConfig:
     sample_chars: int = 300       # length of the sample printed at the end
     threads: int = 0              # torch intra-op CPU threads; 0 = torch's default
     tokenizer: str = "bytes"      # "bytes" or "bpe:N" (see hjseq.models.tokenizer)
+    parallel: str = "ddp"         # under torchrun: "ddp" or "fsdp" (see hjseq.models.parallel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +135,12 @@ class TrainConfig:
             parse_tokenizer_spec(cfg.tokenizer, f"{prefix}.tokenizer")
         except TokenizerError as e:
             raise ConfigError(source, f"{prefix}.tokenizer", str(e).split(": ", 1)[1]) from None
+        from hjseq.models.parallel import PARALLEL_MODES
+
+        if cfg.parallel not in PARALLEL_MODES:
+            raise ConfigError(source, f"{prefix}.parallel", f"unknown {cfg.parallel!r}; one of "
+                              f"{', '.join(PARALLEL_MODES)} (ddp replicates the model, fsdp "
+                              "shards parameters, gradients and optimizer state)")
         return cfg
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from hjseq.cli import INTERRUPTED, UserError
 from hjseq.models import data as D
+from hjseq.models import parallel as P
 from hjseq.models.checkpoint import (CHECKPOINT_NAME, check_weights, load_checkpoint,
                                      rng_state, save_checkpoint, set_rng_state)
 from hjseq.models.config import ModelConfig, RunConfig, TrainConfig, load_config
@@ -328,19 +329,25 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
 
     torch.manual_seed(cfg.seed)
     model = HJLM(run.model).to(d.device)
+    if cfg.parallel == "fsdp" and d.enabled:
+        P.shard(model)  # before the optimizer: it must hold the sharded parameters
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     start, tokens_seen = 0, 0
     if ckpt:
-        check_weights(model.state_dict(), ckpt["model"], out / CHECKPOINT_NAME)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("sharded"):  # torch.distributed.checkpoint: resharded to this world size
+            where = out if resume is True else Path(resume)
+            with P.quiet_single_process():
+                P.load_sharded((where if where.is_dir() else where.parent) / ckpt["sharded"],
+                               model, optimizer)
+        else:
+            check_weights(model.state_dict(), ckpt["model"], out / CHECKPOINT_NAME)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         start, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
-    ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index]
-                                               if d.device.type == "cuda" else None)
-           if d.enabled else model)
+    ddp = P.wrap(model, cfg.parallel, d.enabled, d.device)
 
     metrics = out / "metrics.jsonl"
     if d.is_main:
@@ -366,15 +373,22 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
         if d.enabled:  # every rank's RNG, so each resumes its own stream
             rngs = [None] * d.world_size
             dist.all_gather_object(rngs, rng_state())
+        sharded = None
+        if cfg.parallel == "fsdp":  # model/optimizer state through torch.distributed.checkpoint
+            with P.quiet_single_process():
+                sharded = P.save_sharded(out, step, model, optimizer, d.is_main)
         if d.is_main:
             save_checkpoint(out / CHECKPOINT_NAME, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": None if sharded else model.state_dict(), "sharded": sharded,
+                "optimizer": None if sharded else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rngs, "step": step,
                 "tokens_seen": tokens_seen, "config": run.to_dict(), "world_size": d.world_size,
                 "allow_binary": allow_binary, "tokenizer": tok.to_json(),
                 # batches are a function of (seed, step): the next batch is step `step`'s
                 "data_position": {"next_batch_step": step, "seed": cfg.seed},
             })
+            if sharded:
+                P.remove_old_sharded(out, sharded)
         if d.enabled:
             dist.barrier()
 
@@ -395,7 +409,7 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
             for i, (x, y) in enumerate(micro):
                 x, y = x.to(d.device), y.to(d.device)
                 sync = i == len(micro) - 1 or not d.enabled
-                with (nullcontext() if sync else ddp.no_sync()), _autocast(cfg, d):
+                with P.no_sync(ddp, sync), _autocast(cfg, d):
                     loss = cross_entropy(ddp(x), y) / len(micro)
                 loss.backward()
                 loss_sum += float(loss.detach())
@@ -447,14 +461,17 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
     checkpoint(step)
     log.close()
     sample = ""
+    # the finished model, whole (gathering FSDP shards is a collective: every rank calls it)
+    final = (P.unsharded_copy(model, lambda: HJLM(run.model)) if not interrupted and
+             P.is_sharded(model) else model)
     if d.is_main:
         if interrupted:
             log.message(f"interrupted at step {step} of {cfg.steps}: checkpoint in "
                         f"{out / CHECKPOINT_NAME}; continue with: {resume_command(out)}")
         else:
-            model.save_pretrained(out / "model")
+            final.save_pretrained(out / "model")
             tok.save(out / "model")
-            sample = _sample(model, cfg, tok)
+            sample = _sample(final, cfg, tok)
             summary = {"val_bpb": val_bpb, "unigram_bpb": unigram, "steps": step,
                        "tokens_seen": tokens_seen, "params": model.num_params(),
                        "corpus": corpus.name, "sample": sample}
