@@ -463,3 +463,63 @@ def test_readme_mingru_is_the_example_file():
     start = readme.index("class Relax(Hamiltonian):")
     end = readme.index("```", start)
     assert readme[start:end].strip() in example
+
+
+# ----------------------------------------------------------------------------- head_affine -> ssd
+
+class HeadSSM(RecurrentBlock):
+    """A user's Mamba-2-like block on ``HeadLinearSSM``: x (B, L, H·P) -> y (B, L, H·P)."""
+
+    linear_readout = "C"
+
+    def __init__(self, heads=3, P=2, N=4, groups=1, scheme="euler_b"):
+        super().__init__()
+        from hjseq.hamiltonians import HeadLinearSSM
+
+        self.H, self.P, self.N, self.G = heads, P, N, groups
+        self.input_size = heads * P
+        self.proj = nn.Linear(self.input_size, heads + 2 * groups * N)
+        self.A_log = nn.Parameter(torch.rand(heads))
+        self.spec = HJSpec(HeadLinearSSM(), step=SoftplusStep(), scheme=scheme)
+
+    def state_shapes(self):
+        return ((self.H, self.P, self.N),)
+
+    def prepare(self, x, state):
+        dt, B, C = self.proj(x).split([self.H, self.G * self.N, self.G * self.N], dim=-1)
+        seq = {"x": x.unflatten(-1, (self.H, self.P)), "delta": dt,
+               "B": B.unflatten(-1, (self.G, self.N)), "C": C.unflatten(-1, (self.G, self.N))}
+        return seq, {"a": -torch.exp(self.A_log)}, state
+
+    def finish(self, ys, seq):
+        return ys.flatten(-2)
+
+
+@pytest.mark.parametrize("scheme", ["euler_b", "zoh", "euler"])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_head_affine_spec_runs_ssd_equal_to_loop(scheme, groups):
+    torch.manual_seed(3)
+    blk = HeadSSM(groups=groups, scheme=scheme).to(f64)
+    assert blk.fused_path() == "ssd"
+    x = torch.randn(2, 11, 6, dtype=f64, requires_grad=True)
+    s0 = torch.randn(2, 3, 2, 4, dtype=f64, requires_grad=True)
+    w = torch.randn(2, 11, 6, dtype=f64)
+    res = {}
+    for b in ("auto", "loop"):
+        blk.backend = b
+        y, sT = blk(x, initial_state=s0, return_final_state=True)
+        res[b] = (y, sT, torch.autograd.grad((y * w).sum() + sT.pow(2).sum(),
+                                             [x, s0, *blk.parameters()]))
+    (y, sT, g), (yl, sTl, gl) = res["auto"], res["loop"]
+    assert (y - yl).abs().max() <= 1e-12 and (sT - sTl).abs().max() <= 1e-12
+    for a, c in zip(g, gl):
+        assert (a - c).abs().max() <= 1e-12 * max(1.0, c.abs().max().item())
+    blk.backend = "auto"
+    blk.eps = 0.1  # noise on the matrix state: the ssd path declines, linear_scan takes it
+    blk.train()
+    assert blk.fused_path() == "linear_scan"
+    torch.manual_seed(5)
+    noisy = blk(x)
+    blk.backend = "loop"
+    torch.manual_seed(5)
+    assert (blk(x) - noisy).abs().max() <= 1e-12
