@@ -93,6 +93,17 @@ def main() -> None:
                                  leaf(2, 8, 4, dtype=f32), True, "zoh", torch.tensor([0, 10, 40]))
     (y.float().sum() + h.sum()).backward()
 
+    CONFIG[0] = "bf16, three-pass split over L (modes 1 and 2)"
+    ss = importlib.import_module("hjseq.ops.selective_scan.triton")
+    pick = ss._pick_split
+    ss._pick_split = lambda m, block_d, device: 3
+    y, h = selective_scan_triton(leaf(1, 8, 400), leaf(1, 8, 400), leaf(8, 16, dtype=f32),
+                                 leaf(1, 16, 400), leaf(1, 16, 400), leaf(8, dtype=f32),
+                                 leaf(1, 8, 400), leaf(8, dtype=f32), True,
+                                 leaf(1, 8, 16, dtype=f32), True, "zoh")
+    (y.float().sum() + h.sum()).backward()
+    ss._pick_split = pick
+
     CONFIG[0] = "bf16, initial state, varlen"
     h, f = linear_scan_triton(leaf(1, 8, 40), leaf(1, 8, 40), leaf(2, 8, dtype=f32), True,
                               torch.tensor([0, 10, 40]))

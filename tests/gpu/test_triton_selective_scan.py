@@ -161,3 +161,33 @@ def test_shared_B_with_grouped_C():
     assert res["B"][1].shape == (1, 3, 20)
     for name, (r, t) in res.items():
         assert max_err(t, r) < 1e-10, (name, max_err(t, r))
+
+
+@pytest.mark.parametrize("scheme,cu", [("zoh", None), ("euler_b", [0, 30, 30, 200, 260])])
+def test_three_pass_split_over_L(monkeypatch, scheme, cu):
+    """The split used for small B·D (forced here: 3 runs over 5 tiles of 64 steps, so one
+    run is short and, packed, some are empty): run totals, composition, runs from their
+    entering states, forward and backward; float64 to 1e-10 against the reference."""
+    import importlib
+    mod = importlib.import_module("hjseq.ops.selective_scan.triton")
+    triton_backend(OP)
+    monkeypatch.setattr(mod, "_pick_split", lambda m, block_d, device: 3)
+    modes = []
+    for name in ("_ssm_fwd_kernel", "_ssm_bwd_kernel"):
+        kernel = getattr(mod, name)
+
+        class Spy:
+            def __getitem__(self, grid, kernel=kernel, name=name):
+                def launch(*a, **kw):
+                    modes.append((name, kw["MODE"]))
+                    return kernel[grid](*a, **kw)
+                return launch
+        monkeypatch.setattr(mod, name, Spy())
+    cu_t = None if cu is None else torch.tensor(cu, device=DEVICE)
+    x = make_inputs(batch=1 if cu else 2, dim=2, L=260, N=3,
+                    n_seq=None if cu is None else len(cu) - 1)
+    res = compare(x, scheme, cu_t)
+    assert modes == [("_ssm_fwd_kernel", 1), ("_ssm_fwd_kernel", 2), ("_ssm_bwd_kernel", 1),
+                     ("_ssm_bwd_kernel", 2)]
+    for name, (r, t) in res.items():
+        assert max_err(t, r) < 1e-10 * max(1.0, r.abs().max().item()), (name, max_err(t, r))

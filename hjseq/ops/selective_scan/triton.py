@@ -96,8 +96,8 @@ if triton is not None:
     @triton.jit
     def _ssm_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv_ptr, z_ptr, bias_ptr, h0_ptr,
-            out_ptr, states_ptr, hT_ptr, cu_ptr, slot_ptr,
-            L, DG, N,
+            out_ptr, states_ptr, hT_ptr, cu_ptr, slot_ptr, aux_ptr,
+            L, DG, N, TPS, N_SPLIT,
             s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
             s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
             s_hs, s_hd, s_hn,
@@ -105,10 +105,15 @@ if triton is not None:
             HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_H0: tl.constexpr,
             VARLEN: tl.constexpr, SAVE_STATES: tl.constexpr, ACC: tl.constexpr,
-            NUM_STAGES: tl.constexpr):
+            NUM_STAGES: tl.constexpr, MODE: tl.constexpr):
+        """MODE 0: the whole sequence. With the sequence split in N_SPLIT runs of TPS tiles
+        (program axis 2 = channel block x run): MODE 1 stores each run's total map
+        (Π Ā, state reached from 0) in aux (rows of 2 states); MODE 2 runs from the entering
+        state in aux (composed on the host) and writes outputs and tile states."""
         pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
         pid_g = tl.program_id(1).to(tl.int64)
-        pid_d = tl.program_id(2).to(tl.int64)
+        pid_d = tl.program_id(2).to(tl.int64) // N_SPLIT
+        split = tl.program_id(2).to(tl.int64) % N_SPLIT
         if VARLEN:
             bos = tl.load(cu_ptr + pid_s).to(tl.int64)
             eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
@@ -130,17 +135,23 @@ if triton is not None:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)
         hs_off = d[:, None] * s_hd + n[None, :] * s_hn
-        if HAS_H0:
+        run = pid_s * N_SPLIT + split
+        if MODE == 2:
+            h = tl.load(aux_ptr + run * s_hs + hs_off, mask=dn_mask, other=0.0)
+        elif HAS_H0 and MODE == 0:
             h = tl.load(h0_ptr + pid_s * s_hs + hs_off, mask=dn_mask, other=0.0).to(ACC)
         else:
             h = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+        tot_a = tl.full((BLOCK_D, BLOCK_N), 1.0, dtype=ACC)
         slot0 = tl.load(slot_ptr + pid_s).to(tl.int64)
         B_base = B_ptr + b * s_Bb + pid_g * s_Bg
         C_base = C_ptr + b * s_Cb + pid_g * s_Cg
         tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
-        for k in tl.range(0, n_tiles, num_stages=NUM_STAGES):
-            if SAVE_STATES:
+        k_lo = split * TPS
+        k_hi = tl.minimum(n_tiles, k_lo + TPS)
+        for k in tl.range(k_lo, k_hi, num_stages=NUM_STAGES):
+            if SAVE_STATES and MODE != 1:
                 tl.store(states_ptr + (slot0 + k) * s_hs + hs_off, h, mask=dn_mask)
             t = bos + k * T + tt
             tmask = t < eos
@@ -166,23 +177,56 @@ if triton is not None:
             last = tt[None, :, None] == T - 1
             a_tot = tl.sum(tl.where(last, a_cum, 0.0), axis=1)
             b_tot = tl.sum(tl.where(last, h_loc, 0.0), axis=1)
-            hs = h_loc + a_cum * h[:, None, :]
-            y = tl.sum(hs * Ct[None, :, :], axis=2)
-            if HAS_D:
-                y += u * Dv[:, None]
-            if HAS_Z:
-                zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
-                y = y * zt * tl.sigmoid(zt)
-            tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, y, mask=m2)
+            if MODE != 1:
+                hs = h_loc + a_cum * h[:, None, :]
+                y = tl.sum(hs * Ct[None, :, :], axis=2)
+                if HAS_D:
+                    y += u * Dv[:, None]
+                if HAS_Z:
+                    zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
+                    y = y * zt * tl.sigmoid(zt)
+                tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, y, mask=m2)
+            else:
+                tot_a = a_tot * tot_a
             h = a_tot * h + b_tot
-        tl.store(hT_ptr + pid_s * s_hs + hs_off, h, mask=dn_mask)
+        if MODE == 0:
+            tl.store(hT_ptr + pid_s * s_hs + hs_off, h, mask=dn_mask)
+        if MODE == 1:
+            tl.store(aux_ptr + (2 * run) * s_hs + hs_off, tot_a, mask=dn_mask)
+            tl.store(aux_ptr + (2 * run + 1) * s_hs + hs_off, h, mask=dn_mask)
+
+    @triton.jit
+    def _costate_scan(delta_ptr, dout_ptr, z_ptr, C_base, b, d, dmask, n, nmask, A2, bias, tr,
+                      tt, eos, s_db, s_dd, s_dl, s_gb, s_gd, s_gl, s_zb, s_zd, s_zl, s_Cn, s_Cl,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+                      ACC: tl.constexpr):
+        """The co-state g_t = C_t dy_t + Ā_{t+1} g_{t+1} over one tile, as a forward scan over
+        the tile loaded in reversed time order (slot j holds step tr_j = T-1-j of the tile):
+        returns (g_cum, g_loc) with g = g_loc + g_cum · P (P: what enters from the next tile)."""
+        trmask = tr < eos
+        mr = dmask[:, None] & trmask[None, :]
+        nmr = dmask[:, None] & ((tt > 0) & (tr + 1 < eos))[None, :]  # Ā_{t+1} in the tile
+        dn = _load_tile(delta_ptr, b, s_db, d, s_dd, tr + 1, s_dl, nmr, ACC)
+        if HAS_BIAS:
+            dn = dn + bias[:, None]
+        if SOFTPLUS:
+            dn = _softplus(dn)
+        a_next_r = tl.where(nmr[:, :, None], tl.exp2(dn[:, :, None] * A2[:, None, :]), 1.0)
+        dy_r = _load_tile(dout_ptr, b, s_gb, d, s_gd, tr, s_gl, mr, ACC)
+        if HAS_Z:
+            zr = _load_tile(z_ptr, b, s_zb, d, s_zd, tr, s_zl, mr, ACC)
+            dy_r = dy_r * zr * tl.sigmoid(zr)
+        Cr = tl.load(C_base + n[None, :] * s_Cn + tr[:, None] * s_Cl,
+                     mask=trmask[:, None] & nmask[None, :], other=0.0).to(ACC)
+        return tl.associative_scan((a_next_r, dy_r[:, :, None] * Cr[None, :, :]), 1,
+                                   scan_combine)
 
     @triton.jit
     def _ssm_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv_ptr, z_ptr, bias_ptr,
             dout_ptr, dhT_ptr, states_ptr, cu_ptr, slot_ptr,
             du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-            L, DG, N, D_total,
+            aux_ptr, L, DG, N, D_total, TPS, N_SPLIT,
             s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
             s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
             s_hs, s_hd, s_hn,
@@ -191,10 +235,15 @@ if triton is not None:
             HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ZOH: tl.constexpr, HAS_DHT: tl.constexpr,
             VARLEN: tl.constexpr, ACC: tl.constexpr, LOG2_T: tl.constexpr, IDT: tl.constexpr,
-            NUM_STAGES: tl.constexpr):
+            NUM_STAGES: tl.constexpr, MODE: tl.constexpr):
+        """MODE 0: the whole sequence. Split in N_SPLIT runs of TPS tiles: MODE 1 stores each
+        run's map P_in -> P_out of the carried co-state (rows (a, b) in aux); MODE 2 runs
+        from the P entering it (aux, composed on the host), with per-run dA/dD/dbias rows."""
         pid_s = tl.program_id(0).to(tl.int64)  # 64-bit: every offset below is int64
         pid_g = tl.program_id(1).to(tl.int64)
-        pid_d = tl.program_id(2).to(tl.int64)
+        pid_d = tl.program_id(2).to(tl.int64) // N_SPLIT
+        split = tl.program_id(2).to(tl.int64) % N_SPLIT
+        run = pid_s * N_SPLIT + split
         if VARLEN:
             bos = tl.load(cu_ptr + pid_s).to(tl.int64)
             eos = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
@@ -215,13 +264,18 @@ if triton is not None:
             Dv = tl.load(Dv_ptr + d, mask=dmask, other=0.0).to(ACC)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)
+        else:
+            bias = tl.zeros((BLOCK_D,), dtype=ACC)
         hs_off = d[:, None] * s_hd + n[None, :] * s_hn
         # P = gradient of the state entering the tile after the current one (Ā_{t1} g_{t1});
         # for the last tile it is the gradient of the returned final state.
-        if HAS_DHT:
+        if MODE == 2:
+            P = tl.load(aux_ptr + run * s_hs + hs_off, mask=dn_mask, other=0.0)
+        elif HAS_DHT and MODE == 0:
             P = tl.load(dhT_ptr + pid_s * s_hs + hs_off, mask=dn_mask, other=0.0).to(ACC)
         else:
             P = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+        map_a = tl.full((BLOCK_D, BLOCK_N), 1.0, dtype=ACC)  # MODE 1: P_out = map_a P_in + P
         dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
         dD_acc = tl.zeros((BLOCK_D,), dtype=ACC)
         dbias_acc = tl.zeros((BLOCK_D,), dtype=ACC)
@@ -232,110 +286,110 @@ if triton is not None:
         dC_base = dC_ptr + b * s_dBb + pid_g * s_dBg
         tt = tl.arange(0, T).to(tl.int64)
         n_tiles = tl.cdiv(eos - bos, T)
-        for kk in tl.range(0, n_tiles, num_stages=NUM_STAGES):
-            k = n_tiles - 1 - kk
-            h0 = tl.load(states_ptr + (slot0 + k) * s_hs + hs_off, mask=dn_mask, other=0.0)
-            t = bos + k * T + tt
-            tmask = t < eos
-            m2 = dmask[:, None] & tmask[None, :]
-            u = _load_tile(u_ptr, b, s_ub, d, s_ud, t, s_ul, m2, ACC)
-            dpre = _load_tile(delta_ptr, b, s_db, d, s_dd, t, s_dl, m2, ACC)
-            # Ā_{t+1} inside the tile (1 at its last step: the next tile enters through P)
-            if HAS_BIAS:
-                dpre = dpre + bias[:, None]
-            if SOFTPLUS:
-                delta = _softplus(dpre)
-            else:
-                delta = dpre
-            tn_mask = tmask[:, None] & nmask[None, :]
-            Bt = tl.load(B_base + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tn_mask,
-                         other=0.0).to(ACC)
-            Ct = tl.load(C_base + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=tn_mask,
-                         other=0.0).to(ACC)
-            a, s, dA_t = _step_factors(delta, A, A2, ZOH)
-            m3 = tmask[None, :, None]
-            a = tl.where(m3, a, 1.0)
-            Bu = Bt[None, :, :] * u[:, :, None]
-            beta = tl.where(m3, s * Bu, 0.0)
-            a_cum, h_loc = tl.associative_scan((a, beta), 1, scan_combine)
-            hs = h_loc + a_cum * h0[:, None, :]
-            dout = _load_tile(dout_ptr, b, s_gb, d, s_gd, t, s_gl, m2, ACC)
-            if HAS_Z:
-                zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
-                y = tl.sum(hs * Ct[None, :, :], axis=2)
-                if HAS_D:
-                    y += u * Dv[:, None]
-                sz = tl.sigmoid(zt)
-                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
-                tl.store(dz_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, dz, mask=m2)
-                dy = dout * zt * sz
-            else:
-                dy = dout
-            if HAS_D:
-                dD_acc += tl.sum(dy * u, axis=1)
-                du = dy * Dv[:, None]
-            else:
-                du = tl.zeros_like(dy)
-            # co-state g_t = C_t dy_t + Ā_{t+1} g_{t+1}: a forward scan over the tile loaded in
-            # reversed time order (slot j holds step T-1-j), then flipped back
+        k_lo = split * TPS
+        k_hi = tl.minimum(n_tiles, k_lo + TPS)
+        for kk in tl.range(k_lo, k_hi, num_stages=NUM_STAGES):
+            k = k_hi - 1 - (kk - k_lo)
             tr = bos + k * T + (T - 1 - tt)
-            trmask = tr < eos
-            mr = dmask[:, None] & trmask[None, :]
-            nmr = dmask[:, None] & ((tt > 0) & (tr + 1 < eos))[None, :]  # Ā_{t+1} in the tile
-            dn = _load_tile(delta_ptr, b, s_db, d, s_dd, tr + 1, s_dl, nmr, ACC)
-            if HAS_BIAS:
-                dn = dn + bias[:, None]
-            if SOFTPLUS:
-                dn = _softplus(dn)
-            a_next_r = tl.where(nmr[:, :, None], tl.exp2(dn[:, :, None] * A2[:, None, :]), 1.0)
-            dy_r = _load_tile(dout_ptr, b, s_gb, d, s_gd, tr, s_gl, mr, ACC)
-            if HAS_Z:
-                zr = _load_tile(z_ptr, b, s_zb, d, s_zd, tr, s_zl, mr, ACC)
-                dy_r = dy_r * zr * tl.sigmoid(zr)
-            Cr = tl.load(C_base + n[None, :] * s_Cn + tr[:, None] * s_Cl,
-                         mask=trmask[:, None] & nmask[None, :], other=0.0).to(ACC)
-            g_cum, g_loc = tl.associative_scan((a_next_r, dy_r[:, :, None] * Cr[None, :, :]), 1,
-                                               scan_combine)
-            # carry to the previous tile, Ā_{t0} g_{t0}, from the tile totals (slot T-1 holds
-            # step 0): one FMA on P instead of a reduction over the flipped co-state
+            g_cum, g_loc = _costate_scan(delta_ptr, dout_ptr, z_ptr, C_base, b, d, dmask, n,
+                                         nmask, A2, bias, tr, tt, eos, s_db, s_dd, s_dl, s_gb,
+                                         s_gd, s_gl, s_zb, s_zd, s_zl, s_Cn, s_Cl, HAS_BIAS,
+                                         SOFTPLUS, HAS_Z, ACC)
+            # the carry to the previous tile, Ā_{t0} g_{t0}, from the tile totals (slot T-1
+            # holds step 0): one FMA on P, not a reduction over the flipped co-state
             first_r = tt[None, :, None] == T - 1
-            a0 = tl.sum(tl.where(tt[None, :, None] == 0, a, 0.0), axis=1)
             gc0 = tl.sum(tl.where(first_r, g_cum, 0.0), axis=1)
             gl0 = tl.sum(tl.where(first_r, g_loc, 0.0), axis=1)
-            g = flip_time(g_loc + g_cum * P[:, None, :], 1, LOG2_T, IDT)
-            g = tl.where(m3, g, 0.0)
-            # dC_t = Σ_d dy h_t, dB_t = Σ_d g s u: summed over this program's channels here,
-            # over the group's other channel blocks by the atomics
-            tl.atomic_add(dC_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
-                          tl.sum(dy[:, :, None] * hs, axis=0), mask=tn_mask)
-            gs = g * s
-            tl.atomic_add(dB_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
-                          tl.sum(gs * u[:, :, None], axis=0), mask=tn_mask)
-            du += tl.sum(gs * Bt[None, :, :], axis=2)
-            gh = g * (hs - beta)  # = g_t Ā_t h_{t-1}
-            gBu = g * Bu
-            ddelta = tl.sum(gh * A[:, None, :], axis=2)
-            dA_acc += tl.sum(gh * delta[:, :, None], axis=1)
-            if ZOH:
-                ddelta += tl.sum(gBu * a, axis=2)  # ∂s/∂Δ = exp(ΔA)
-                dA_acc += tl.sum(gBu * delta[:, :, None] * delta[:, :, None]
-                                 * _dexpm1_over_x(dA_t), axis=1)
+            if MODE == 1:
+                d0 = tl.load(delta_ptr + b * s_db + d * s_dd + (bos + k * T) * s_dl, mask=dmask,
+                             other=0.0).to(ACC) + bias
+                if SOFTPLUS:
+                    d0 = _softplus(d0)
+                a0 = tl.exp2(d0[:, None] * A2)
+                map_a = a0 * gc0 * map_a
+                P = a0 * (gl0 + gc0 * P)
             else:
-                ddelta += tl.sum(gBu, axis=2)
-            if SOFTPLUS:
-                ddelta = ddelta * _dsoftplus(dpre)
-            ddelta = tl.where(m2, ddelta, 0.0)
-            dbias_acc += tl.sum(ddelta, axis=1)
-            tl.store(du_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, du, mask=m2)
-            tl.store(ddelta_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, ddelta,
-                     mask=m2)
-            P = a0 * (gl0 + gc0 * P)
+                h0 = tl.load(states_ptr + (slot0 + k) * s_hs + hs_off, mask=dn_mask, other=0.0)
+                t = bos + k * T + tt
+                tmask = t < eos
+                m2 = dmask[:, None] & tmask[None, :]
+                u = _load_tile(u_ptr, b, s_ub, d, s_ud, t, s_ul, m2, ACC)
+                dpre = _load_tile(delta_ptr, b, s_db, d, s_dd, t, s_dl, m2, ACC)
+                if HAS_BIAS:
+                    dpre = dpre + bias[:, None]
+                if SOFTPLUS:
+                    delta = _softplus(dpre)
+                else:
+                    delta = dpre
+                tn_mask = tmask[:, None] & nmask[None, :]
+                Bt = tl.load(B_base + n[None, :] * s_Bn + t[:, None] * s_Bl, mask=tn_mask,
+                             other=0.0).to(ACC)
+                Ct = tl.load(C_base + n[None, :] * s_Cn + t[:, None] * s_Cl, mask=tn_mask,
+                             other=0.0).to(ACC)
+                a, s, dA_t = _step_factors(delta, A, A2, ZOH)
+                m3 = tmask[None, :, None]
+                a = tl.where(m3, a, 1.0)
+                Bu = Bt[None, :, :] * u[:, :, None]
+                beta = tl.where(m3, s * Bu, 0.0)
+                a_cum, h_loc = tl.associative_scan((a, beta), 1, scan_combine)
+                hs = h_loc + a_cum * h0[:, None, :]
+                dout = _load_tile(dout_ptr, b, s_gb, d, s_gd, t, s_gl, m2, ACC)
+                if HAS_Z:
+                    zt = _load_tile(z_ptr, b, s_zb, d, s_zd, t, s_zl, m2, ACC)
+                    y = tl.sum(hs * Ct[None, :, :], axis=2)
+                    if HAS_D:
+                        y += u * Dv[:, None]
+                    sz = tl.sigmoid(zt)
+                    dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+                    tl.store(dz_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, dz, mask=m2)
+                    dy = dout * zt * sz
+                else:
+                    dy = dout
+                if HAS_D:
+                    dD_acc += tl.sum(dy * u, axis=1)
+                    du = dy * Dv[:, None]
+                else:
+                    du = tl.zeros_like(dy)
+                a0 = tl.sum(tl.where(tt[None, :, None] == 0, a, 0.0), axis=1)
+                g = flip_time(g_loc + g_cum * P[:, None, :], 1, LOG2_T, IDT)
+                g = tl.where(m3, g, 0.0)
+                # dC_t = Σ_d dy h_t, dB_t = Σ_d g s u: summed over this program's channels here,
+                # over the group's other channel blocks by the atomics
+                tl.atomic_add(dC_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
+                              tl.sum(dy[:, :, None] * hs, axis=0), mask=tn_mask)
+                gs = g * s
+                tl.atomic_add(dB_base + n[None, :] * s_dBn + t[:, None] * s_dBl,
+                              tl.sum(gs * u[:, :, None], axis=0), mask=tn_mask)
+                du += tl.sum(gs * Bt[None, :, :], axis=2)
+                gh = g * (hs - beta)  # = g_t Ā_t h_{t-1}
+                gBu = g * Bu
+                ddelta = tl.sum(gh * A[:, None, :], axis=2)
+                dA_acc += tl.sum(gh * delta[:, :, None], axis=1)
+                if ZOH:
+                    ddelta += tl.sum(gBu * a, axis=2)  # ∂s/∂Δ = exp(ΔA)
+                    dA_acc += tl.sum(gBu * delta[:, :, None] * delta[:, :, None]
+                                     * _dexpm1_over_x(dA_t), axis=1)
+                else:
+                    ddelta += tl.sum(gBu, axis=2)
+                if SOFTPLUS:
+                    ddelta = ddelta * _dsoftplus(dpre)
+                ddelta = tl.where(m2, ddelta, 0.0)
+                dbias_acc += tl.sum(ddelta, axis=1)
+                tl.store(du_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, du, mask=m2)
+                tl.store(ddelta_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol, ddelta,
+                         mask=m2)
+                P = a0 * (gl0 + gc0 * P)
             # a tile past the end (empty sequence) never runs; P then stays dhT
-        tl.store(dh0_ptr + pid_s * s_hs + hs_off, P, mask=dn_mask)
-        tl.store(dA_ptr + pid_s * D_total * BLOCK_N + d[:, None] * BLOCK_N + n[None, :], dA_acc,
-                 mask=dn_mask)
-        tl.store(dD_ptr + pid_s * D_total + d, dD_acc, mask=dmask)
-        tl.store(dbias_ptr + pid_s * D_total + d, dbias_acc, mask=dmask)
+        if MODE == 0:
+            tl.store(dh0_ptr + pid_s * s_hs + hs_off, P, mask=dn_mask)
+        if MODE == 1:
+            tl.store(aux_ptr + (2 * run) * s_hs + hs_off, map_a, mask=dn_mask)
+            tl.store(aux_ptr + (2 * run + 1) * s_hs + hs_off, P, mask=dn_mask)
+        else:  # per-run partial sums (run = sequence without a split)
+            tl.store(dA_ptr + run * D_total * BLOCK_N + d[:, None] * BLOCK_N + n[None, :],
+                     dA_acc, mask=dn_mask)
+            tl.store(dD_ptr + run * D_total + d, dD_acc, mask=dmask)
+            tl.store(dbias_ptr + run * D_total + d, dbias_acc, mask=dmask)
 
 
 def _on_gpu(t: Tensor) -> bool:
@@ -378,8 +432,26 @@ class _Meta:
             self.warps_fwd = self.warps_bwd = 1
             self.stages = 1
 
-    def grid(self, block_d: int) -> tuple[int, int, int]:
-        return (self.n_seq, self.G, triton.cdiv(self.DG, block_d))
+    def grid(self, block_d: int, n_split: int = 1) -> tuple[int, int, int]:
+        return (self.n_seq, self.G, triton.cdiv(self.DG, block_d) * n_split)
+
+    def max_tiles(self) -> int:
+        return max(1, triton.cdiv(self.L, self.T))
+
+
+def _pick_split(m: _Meta, block_d: int, device: torch.device) -> int:
+    """Runs per sequence of the three-pass split over L (1 = a single pass). Only on CUDA
+    and only when the (sequence, group, channel block) programs cannot fill the GPU, e.g.
+    B = 1, D = 1536: 192 programs walking 512 tiles each. Pass 1 computes each run's total
+    map from a zero state, the host composes them (S small steps), pass 2 runs each run
+    from its entering state; the runs' inputs are read twice."""
+    if device.type != "cuda":
+        return 1
+    programs = m.n_seq * m.G * triton.cdiv(m.DG, block_d)
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    if programs >= target or m.max_tiles() < 32:
+        return 1
+    return max(1, min(triton.cdiv(target, programs), m.max_tiles() // 16, 64))
 
 
 def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_seqlens,
@@ -392,18 +464,37 @@ def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_
               else hT)
     z_ = z if z is not None else u
     cu = cu_seqlens if cu_seqlens is not None else slots
-    _ssm_fwd_kernel[m.grid(m.block_d_fwd)](
-        u, delta, A, B4, C4, D if D is not None else u, z_,
-        delta_bias if delta_bias is not None else u, h0 if h0 is not None else hT,
-        out, states, hT, cu, slots,
-        m.L, m.DG, m.N,
-        *u.stride(), *delta.stride(), *z_.stride(), *out.stride(),
-        *A.stride(), *B4.stride(), *C4.stride(), *hT.stride(),
-        BLOCK_D=m.block_d_fwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
-        HAS_Z=z is not None,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=zoh,
-        HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None, SAVE_STATES=save_states,
-        ACC=tl_dtype(m.acc), NUM_STAGES=m.stages, num_warps=m.warps_fwd)
+    n_split = _pick_split(m, m.block_d_fwd, u.device)
+    tps = triton.cdiv(m.max_tiles(), n_split)
+
+    def launch(mode: int, aux: Tensor) -> None:
+        _ssm_fwd_kernel[m.grid(m.block_d_fwd, n_split)](
+            u, delta, A, B4, C4, D if D is not None else u, z_,
+            delta_bias if delta_bias is not None else u, h0 if h0 is not None else hT,
+            out, states, hT, cu, slots, aux,
+            m.L, m.DG, m.N, tps, n_split,
+            *u.stride(), *delta.stride(), *z_.stride(), *out.stride(),
+            *A.stride(), *B4.stride(), *C4.stride(), *hT.stride(),
+            BLOCK_D=m.block_d_fwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=zoh,
+            HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None, SAVE_STATES=save_states,
+            ACC=tl_dtype(m.acc), NUM_STAGES=m.stages, MODE=mode, num_warps=m.warps_fwd)
+
+    if n_split == 1:
+        launch(0, hT)
+        return out, hT, states, slots
+    # three passes: run totals, their composition (h ↦ Π Ā h + b per run), outputs
+    tot = torch.empty(m.n_seq * n_split * 2, m.dim, m.N, device=u.device, dtype=m.acc)
+    launch(1, tot)
+    tot = tot.view(m.n_seq, n_split, 2, m.dim, m.N)
+    enter = torch.empty(m.n_seq, n_split, m.dim, m.N, device=u.device, dtype=m.acc)
+    h = h0.to(m.acc) if h0 is not None else torch.zeros_like(hT)
+    for r in range(n_split):
+        enter[:, r] = h
+        h = tot[:, r, 0] * h + tot[:, r, 1]
+    hT.copy_(h)
+    launch(2, enter.view(-1, m.dim, m.N))
     return out, hT, states, slots
 
 
@@ -435,28 +526,47 @@ class _SelectiveScanFn(torch.autograd.Function):
         dz = torch.empty(u.shape, device=dev, dtype=z.dtype) if z is not None else None
         dB4 = torch.zeros(B4.shape, device=dev, dtype=m.acc)
         dC4 = torch.zeros(C4.shape, device=dev, dtype=m.acc)
-        # per-sequence partial sums, reduced over sequences below
-        dA_p = torch.empty(m.n_seq, m.dim, m.block_n, device=dev, dtype=m.acc)
-        dD_p = torch.empty(m.n_seq, m.dim, device=dev, dtype=m.acc)
-        dbias_p = torch.empty(m.n_seq, m.dim, device=dev, dtype=m.acc)
+        n_split = _pick_split(m, m.block_d_bwd, dev)
+        tps = triton.cdiv(m.max_tiles(), n_split)
+        # per-(sequence, run) partial sums, reduced below
+        dA_p = torch.empty(m.n_seq * n_split, m.dim, m.block_n, device=dev, dtype=m.acc)
+        dD_p = torch.empty(m.n_seq * n_split, m.dim, device=dev, dtype=m.acc)
+        dbias_p = torch.empty(m.n_seq * n_split, m.dim, device=dev, dtype=m.acc)
         dh0 = torch.empty(m.n_seq, m.dim, m.N, device=dev, dtype=m.acc)
         z_ = z if z is not None else u
         dz_ = dz if dz is not None else du
         cu = cu_seqlens if cu_seqlens is not None else slots
-        _ssm_bwd_kernel[m.grid(m.block_d_bwd)](
-            u, delta, A, B4, C4, D if D is not None else u, z_,
-            delta_bias if delta_bias is not None else u,
-            dout, dhT.contiguous() if dhT is not None else dh0, states, cu, slots,
-            du, ddelta, dz_, dB4, dC4, dA_p, dD_p, dbias_p, dh0,
-            m.L, m.DG, m.N, m.dim,
-            *u.stride(), *delta.stride(), *z_.stride(), *du.stride(),
-            *A.stride(), *B4.stride(), *C4.stride(), *dh0.stride(),
-            *dout.stride(), *dB4.stride(),
-            BLOCK_D=m.block_d_bwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
-            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            ZOH=ctx.zoh, HAS_DHT=dhT is not None, VARLEN=cu_seqlens is not None,
-            ACC=tl_dtype(m.acc), LOG2_T=log2_exact(m.T), IDT=int_dtype(m.acc),
-            NUM_STAGES=m.stages, num_warps=m.warps_bwd)
+        dhT_ = dhT.contiguous() if dhT is not None else None
+
+        def launch(mode: int, aux: Tensor) -> None:
+            _ssm_bwd_kernel[m.grid(m.block_d_bwd, n_split)](
+                u, delta, A, B4, C4, D if D is not None else u, z_,
+                delta_bias if delta_bias is not None else u,
+                dout, dhT_ if dhT_ is not None else dh0, states, cu, slots,
+                du, ddelta, dz_, dB4, dC4, dA_p, dD_p, dbias_p, dh0, aux,
+                m.L, m.DG, m.N, m.dim, tps, n_split,
+                *u.stride(), *delta.stride(), *z_.stride(), *du.stride(),
+                *A.stride(), *B4.stride(), *C4.stride(), *dh0.stride(),
+                *dout.stride(), *dB4.stride(),
+                BLOCK_D=m.block_d_bwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+                HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=ctx.delta_softplus, ZOH=ctx.zoh, HAS_DHT=dhT is not None,
+                VARLEN=cu_seqlens is not None, ACC=tl_dtype(m.acc), LOG2_T=log2_exact(m.T),
+                IDT=int_dtype(m.acc), NUM_STAGES=m.stages, MODE=mode, num_warps=m.warps_bwd)
+
+        if n_split == 1:
+            launch(0, dh0)
+        else:  # runs' co-state maps P ↦ a P + b, composed from the last run back, then runs
+            maps = torch.empty(m.n_seq * n_split * 2, m.dim, m.N, device=dev, dtype=m.acc)
+            launch(1, maps)
+            maps = maps.view(m.n_seq, n_split, 2, m.dim, m.N)
+            enter = torch.empty(m.n_seq, n_split, m.dim, m.N, device=dev, dtype=m.acc)
+            P = dhT_.to(m.acc) if dhT_ is not None else torch.zeros_like(dh0)
+            for r in reversed(range(n_split)):
+                enter[:, r] = P
+                P = maps[:, r, 0] * P + maps[:, r, 1]
+            dh0.copy_(P)
+            launch(2, enter.view(-1, m.dim, m.N))
         dA = dA_p[:, :, :m.N].sum(0).to(A.dtype)
         dD = dD_p.sum(0).to(D.dtype) if D is not None else None
         dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
