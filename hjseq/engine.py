@@ -18,6 +18,8 @@ Block hooks (duck-typed; ``RecurrentBlock`` gives the defaults)::
     token_drive(drive, state) -> drive
                                   add state-dependent held quantities (LSTM gates from h_{k-1})
     flow_state(state) -> h        the part of the state the HJ flow moves (B, *F)
+    replace_flow(state, h) -> state
+                                  the state with its flow part replaced (tuple states)
     readout(h, drive, state) -> (y_k, state)
     finish(ys, seq) -> out        output stage over the whole sequence (B, L, ·)
 
@@ -25,17 +27,26 @@ Token k of the reference loop (t = k):
 
     d_k  = token_drive(seq[:, k] ∪ const, state_k)
     h    = flow_state(state_k)
-    Δ_k  = spec.step(k, h, d_k)                        (ConstantStep/GateStep/SoftplusStep)
+    Δ_k  = spec.step(k, h, d_k)                 (ConstantStep/DriveStep/GateStep/SoftplusStep)
     h'   = scheme.step(H, Δ_k, k, h, d_k)             (euler, gated_euler, zoh, euler_b)
     h'  += √(2 ε dt) ξ_k      (ε = spec.viscosity > 0, training mode only; ξ_k ~ N(0, I))
     y_k, state_{k+1} = readout(h', d_k, state_k)
 
-A fused kernel registered with :func:`register_kernel` for the (Hamiltonian class, scheme)
-pair replaces that loop when the block's ``backend`` is not ``"loop"`` (the reference
-loop, always available). A kernel declines by raising ``BackendUnavailable``: with
-``backend`` "auto" or "ref" the engine then runs the loop; an explicitly named backend
-(``"cpu"``, ``"triton"``, ...) re-raises. The noise ξ is drawn once, (B, L, *F), from torch's
-global generator before dispatch, so the loop and a kernel see the same draws.
+Unless the block's ``backend`` is ``"loop"`` (the reference loop, always available), a
+fused path replaces that loop, chosen by :func:`fused_path` from what the spec declares:
+
+1. ``closed_form``: a kernel registered with :func:`register_kernel` for exactly this
+   (Hamiltonian class, scheme, block class) — torch's cells, Mamba's selective scan;
+2. ``ssd``: a ``head_affine`` Hamiltonian (S ← Ā S + s x Bᵀ per head) with a
+   ``linear_readout`` (y = S·C): the chunked ``ssd_scan`` op;
+3. ``linear_scan``: an ``affine`` Hamiltonian (h ← Ā ⊙ h + s ⊙ b): ``linear_scan``;
+
+where 2 and 3 need a tokenwise block (:func:`tokenwise`) and a scheme that is a linear
+map on affine fields (``Scheme.discrete_affine``): every token's (Ā, s, b) is computed at
+once. A path declines by raising ``BackendUnavailable``: with ``backend`` "auto" or "ref"
+the engine tries the next one and then the loop; an explicitly named backend (``"cpu"``,
+``"triton"``, ...) re-raises. The noise ξ is drawn once, (B, L, *F), from torch's global
+generator before dispatch, so the loop and every path see the same draws.
 
 Characteristics view (:func:`characteristics`, for the solver)
 --------------------------------------------------------------
