@@ -32,6 +32,43 @@ from .._registry import resolve
 from .ref import TWO_PI
 
 
+class _Turn(torch.autograd.Function):
+    """``(q, k) = (R(φ) q_in, R(φ) k_in)``: the first a pairs of the last axis (n) turned by
+    φ (b, l, h, a) as one complex product each (pairs past a multiplied by 1). The backward
+    turns the gradients back (R(φ)ᵀ) and gives ``∂L/∂φ = Σ_{q,k} (out₀ g₁ − out₁ g₀)`` on
+    the a turned pairs only."""
+
+    @staticmethod
+    def forward(ctx, q_in: Tensor, k_in: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        a, n = phi.shape[-1], q_in.shape[-1]
+        rot = torch.polar(torch.ones_like(phi), phi)
+        if 2 * a < n:
+            rot = torch.cat((rot, rot.new_ones(*phi.shape[:-1], n // 2 - a)), dim=-1)
+        q, k = (torch.view_as_real(_pairs(X) * rot).reshape(X.shape) for X in (q_in, k_in))
+        ctx.save_for_backward(q, k, rot)
+        ctx.a = a
+        return q, k
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gq: Tensor, gk: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, rot = ctx.saved_tensors
+        a, back = ctx.a, rot.conj()
+        out = []
+        dphi = None
+        for g, o in ((gq, q), (gk, k)):
+            gc = _pairs(g.contiguous())
+            out.append(torch.view_as_real(gc * back).reshape(g.shape))
+            d = (_pairs(o)[..., :a].conj() * gc[..., :a]).imag
+            dphi = d if dphi is None else dphi + d
+        return out[0], out[1], dphi
+
+
+def _pairs(X: Tensor) -> Tensor:
+    """(..., n) real -> (..., n/2) complex view of the pairs (2j, 2j+1)."""
+    return torch.view_as_complex(X.view(*X.shape[:-1], X.shape[-1] // 2, 2))
+
+
 def _segments(cu_seqlens: Tensor | None, batch: int, L: int, device: torch.device):
     """(seg (b, l) long: the sequence each token belongs to, first (s,) and last (s,) token
     index along l, row (s,) batch row of each sequence)."""
@@ -62,8 +99,8 @@ def mamba3_siso_chunked(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor
     tl = lambda X: X.to(acc).transpose(1, 2)  # (b, h, l) -> (b, l, h)  # noqa: E731
     adt, dt, lam = tl(ADT), tl(DT), torch.sigmoid(tl(Trap))
 
-    # cumulative angles, restarted per sequence (from the input angle state); cos/sin take
-    # the running sum directly, the mod 2π is applied to the returned state only
+    # cumulative angles, restarted per sequence (from the input angle state); the running
+    # sum turns q and k directly, the mod 2π is applied to the returned state only
     inc = torch.tanh(Angles.to(acc)) * (math.pi * dt[..., None])          # (b, l, h, a)
     cs = inc.cumsum(dim=1)
     if cu_seqlens is not None:  # subtract the running sum before each sequence's start
@@ -71,18 +108,11 @@ def mamba3_siso_chunked(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor
         cs = cs - before[seg[0]][None]
     if Input_States is not None:
         cs = cs + Input_States[0].to(acc)[seg]
-    # e^{iφ} on every pair, 1 on the pairs past a: one complex product rotates q and k
-    rot = torch.complex(torch.cos(cs), torch.sin(cs))
-    if 2 * a < n:
-        rot = torch.cat((rot, rot.new_ones(batch, L, heads, n // 2 - a)), dim=-1)
 
     rep = heads // hq
     g = lambda X, bias: (X.to(acc)[:, :, :, None, :]  # noqa: E731  (b, l, h, n): + bias
                          + bias.to(acc).view(hq, rep, n)).reshape(batch, L, heads, n)
-    qb, kb = g(Q, Q_bias), g(K, K_bias)
-    turn = lambda X: torch.view_as_real(  # noqa: E731
-        torch.view_as_complex(X.view(batch, L, heads, n // 2, 2)) * rot).reshape(X.shape)
-    q, k = turn(qb), turn(kb)
+    q, k = _Turn.apply(g(Q, Q_bias), g(K, K_bias), cs)
     # q̃·k̃ = (Q + Q_bias)·(K + K_bias) (a rotation keeps it), from the (b, l, h_qk, n) inputs
     Qa, Ka = Q.to(acc), K.to(acc)
     Qbias, Kbias = Q_bias.to(acc).view(hq, rep, n), K_bias.to(acc).view(hq, rep, n)
