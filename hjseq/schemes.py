@@ -173,6 +173,11 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (Euler(), GatedEuler(), ZOH(), 
                                                   HopfCole())}
 
 
+OP_SCHEMES: tuple[str, ...] = ("euler_b", "zoh")
+"""The schemes the selective-scan family of kernel ops (selective_scan, selective_state_update,
+ssd) implement natively: ``Ā = e^{ΔA}`` with ``B̄ = Δ B`` or ``Δ φ₁(ΔA) B``."""
+
+
 def get_scheme(name: str) -> Scheme:
     """The scheme registered under ``name``; a clear error listing the names otherwise."""
     try:
@@ -197,5 +202,5 @@ def register_scheme(scheme: Scheme) -> None:
     SCHEMES[scheme.name] = scheme
 
 
-__all__ = ["Scheme", "Euler", "GatedEuler", "ZOH", "EulerB", "HopfCole", "SCHEMES",
+__all__ = ["Scheme", "Euler", "GatedEuler", "ZOH", "EulerB", "HopfCole", "SCHEMES", "OP_SCHEMES",
            "get_scheme", "schemes_for", "register_scheme"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SCHEMES = ("euler_b", "zoh")
+from hjseq.schemes import OP_SCHEMES
+
+SCHEMES = OP_SCHEMES  # the one list, in hjseq.schemes
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 

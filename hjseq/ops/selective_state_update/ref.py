@@ -33,12 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hjseq.schemes import OP_SCHEMES
+
 from .._checks import FLOAT_DTYPES
 from ..selective_scan.ref import phi1
 from hjseq.ops._dtypes import accumulation_dtype
 
 OP = "selective_state_update"
-SCHEMES = ("euler_b", "zoh")
+SCHEMES = OP_SCHEMES  # the one list, in hjseq.schemes
 
 
 def _fail(msg: str, exc: type = ValueError) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hjseq.schemes import OP_SCHEMES
+
 from .._checks import check_cu_seqlens, check_tensor
 
 #: step rules of ``ssd`` (the same names as selective_scan's)
-SCHEMES = ("euler_b", "zoh")
+SCHEMES = OP_SCHEMES  # the one list, in hjseq.schemes
 
 
 def check_chunk_size(op: str, chunk_size: object) -> int:
