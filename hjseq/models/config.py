@@ -189,13 +189,15 @@ def load_config(src: str | Path | Mapping[str, Any]) -> RunConfig:
     train_cfg = TrainConfig.from_dict(train, source, "train")
     from hjseq.models.tokenizer import parse_tokenizer_spec
 
-    n_tokens = parse_tokenizer_spec(train_cfg.tokenizer)[1]  # the model's vocabulary follows it
-    if "vocab_size" not in data["model"]:
-        model.vocab_size = n_tokens
-    elif model.vocab_size < n_tokens:
-        raise ConfigError(source, "model.vocab_size", f"{model.vocab_size} is smaller than the "
-                          f"{n_tokens} tokens of train.tokenizer = {train_cfg.tokenizer!r}; "
-                          "leave vocab_size out (it follows the tokenizer)")
+    kind, n_tokens = parse_tokenizer_spec(train_cfg.tokenizer)
+    if kind != "bytes":  # the model's vocabulary follows a subword tokenizer
+        if "vocab_size" not in data["model"]:
+            model.vocab_size = n_tokens
+        elif model.vocab_size < n_tokens:
+            raise ConfigError(source, "model.vocab_size", f"{model.vocab_size} is smaller than "
+                              f"the {n_tokens} tokens of train.tokenizer = "
+                              f"{train_cfg.tokenizer!r}; leave vocab_size out (it follows the "
+                              "tokenizer)")
     return RunConfig(model, train_cfg, source)
 
 
