@@ -1,65 +1,164 @@
 """``hjseq analyze``: the ε lens on an LSE toy problem or on an ``HJLM`` checkpoint.
 
-    hjseq analyze --toy [--size small|full] [--out out/analyze]      # the paper's reproductions
-    hjseq analyze CHECKPOINT_DIR [--text "..."] [--out out/analyze]  # a trained HJLM
+    hjseq analyze --toy [--size small|full] [--out out/analyze]   # the paper's reproductions
+    hjseq analyze runs/small                                      # a trained HJLM
 
-On a checkpoint (``HJLM.save_pretrained`` directory, ``hjseq train --out`` directory or
-``checkpoint.pt``, as ``hjseq generate`` loads them) it reports, on a prompt
-(``--text``, byte-level models) or seeded random tokens: per-head attention entropies and
-effective number of keys, per-LSE-unit attribution entropies and the curvature bound, the
-viscosities of every block, and the tropical (ε → 0) model's deviation from the original
-(logit change, next-token agreement). Writes ``analysis.json`` and plots into ``--out``.
+On a checkpoint (a ``hjseq train`` output directory, its ``model/`` directory or
+``checkpoint.pt``, as ``hjseq generate`` loads them) it reads windows of real validation
+text (the run's own validation split; ``--data`` for other text, ``--text`` for one prompt;
+models that are not byte-level get seeded random tokens) and reports: for recurrent blocks
+(Mamba, RNN, GRU, LSTM) the step Δ per layer, the decay spectrum, the deviation from the
+characteristic ODE and the effect of ε noise on validation bpb (:mod:`hjseq.analysis.recurrent`);
+per-head attention entropies; per-LSE-unit attribution entropies and the curvature bound;
+the viscosity of every block; and the tropical (ε → 0) model's deviation from the original.
+Writes ``analysis.json`` and one figure per block kind into ``--out`` (default:
+``<run>/analysis``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from hjseq.cli import UserError
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?",
-                        help="HJLM save_pretrained directory, `hjseq train --out` directory, or checkpoint.pt")
-    parser.add_argument("--toy", action="store_true", help="run the LSE toy reproductions instead of a checkpoint")
-    parser.add_argument("--size", choices=("small", "full"), default="small", help="toy problem sizes")
-    parser.add_argument("--out", default="out/analyze", help="output directory (default: out/analyze)")
-    parser.add_argument("--text", default=None, help="prompt for a byte-level checkpoint")
-    parser.add_argument("--seq-len", type=int, default=64, help="random-token prompt length (no --text)")
-    parser.add_argument("--batch", type=int, default=4, help="random-token prompts (no --text)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("checkpoint", nargs="?", metavar="RUN_DIR",
+                        help="what `hjseq train` wrote: its --out directory (e.g. runs/small), "
+                        "its model/ directory, or a checkpoint.pt")
+    parser.add_argument("--toy", action="store_true",
+                        help="run the LSE toy reproductions instead of a checkpoint")
+    parser.add_argument("--size", choices=("small", "full"), default="small",
+                        help="toy problem sizes")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory (default: RUN_DIR/analysis; out/analyze for --toy)")
+    parser.add_argument("--data", metavar="FILE|DIR",
+                        help="text whose validation split is read (default: the run's own data)")
+    parser.add_argument("--text", default=None,
+                        help="analyze this one prompt instead of validation windows")
+    parser.add_argument("--seq-len", type=int, default=128, metavar="L",
+                        help="tokens per validation window")
+    parser.add_argument("--batch", type=int, default=4, metavar="B",
+                        help="number of validation windows")
+    parser.add_argument("--ode-tokens", type=int, default=8, metavar="K",
+                        help="tokens compared against the characteristic ODE per recurrent layer")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the ε-noise draws (and of random tokens)")
     parser.add_argument("--no-plots", action="store_true", help="write JSON only")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's)")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.toy == bool(args.checkpoint):
-        raise SystemExit("hjseq analyze: give either a CHECKPOINT directory or --toy (not both, not neither)")
-    out = Path(args.out)
+        raise UserError("give either a RUN_DIR (e.g. runs/small) or --toy (not both, not "
+                        "neither)")
+    for flag, v in (("--seq-len", args.seq_len), ("--batch", args.batch),
+                    ("--ode-tokens", args.ode_tokens)):
+        if v < 1:
+            raise UserError(f"{flag} must be >= 1, got {v}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.toy:
         from hjseq.analysis import report
         from hjseq.analysis import reproduce as R
 
+        out = Path(args.out or "out/analyze")
         summary = report.run(out, R.FULL if args.size == "full" else R.SMALL, make_plots=not args.no_plots)
         print(json.dumps(summary, indent=1))
         return 0
+    from hjseq.analysis import recurrent
     from hjseq.models.generate import load_model
 
-    model = load_model(args.checkpoint).eval()
-    ids = prompt_ids(model, args.text, args.batch, args.seq_len, args.seed)
-    result = analyze_model(model, ids)
+    t0 = time.perf_counter()
+    src = Path(args.checkpoint)
+    model = load_model(src).eval()
+    run_dir = src.parent if src.is_file() or src.name == "model" else src
+    out = Path(args.out) if args.out else run_dir / "analysis"
+    ids, source = analysis_ids(model, src, args)
+    result = analyze_model(model, ids[:, :-1])
+    result["input"] = source
+    result["recurrent"] = recurrent.analyze_recurrent(model, ids[:, :-1], ids,
+                                                      ode_tokens=args.ode_tokens, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    print(summary_text(result))
     print(f"wrote {out / 'analysis.json'}")
-    if not args.no_plots and result["attention"]:
-        print(f"wrote {plot_attention_entropy(result, out / 'attention_entropy.png')}")
-    print(json.dumps(result["tropical"], indent=1))
+    if not args.no_plots:
+        if result["attention"]:
+            print(f"wrote {plot_attention_entropy(result, out / 'attention_entropy.png')}")
+        for path in recurrent.plot_recurrent(result["recurrent"], out):
+            print(f"wrote {path}")
+    print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def _run_train_config(src: Path) -> dict:
+    """The ``[train]`` table of the run ``src`` belongs to ({} when no checkpoint is found)."""
+    from hjseq.models.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    for cand in (src, src / CHECKPOINT_NAME, src.parent / CHECKPOINT_NAME):
+        if cand.is_file() and cand.suffix == ".pt":
+            return load_checkpoint(cand).get("config", {}).get("train", {})
+    return {}
+
+
+def analysis_ids(model: nn.Module, src: Path, args: argparse.Namespace) -> tuple[Tensor, str]:
+    """Token ids ``(B, L+1)`` to analyze (the last column is the next-byte target of the
+    noise sweep) and a description of where they come from: ``--text``; else, for byte-level
+    models, ``--batch`` evenly spaced windows of the validation split of ``--data`` or of the
+    run's own data; else seeded random tokens."""
+    from hjseq.models import data as D
+
+    vocab = model.config.vocab_size
+    if args.text is not None:
+        return prompt_ids(model, args.text, 1, 1, args.seed), "--text"
+    if vocab != 256:
+        ids = prompt_ids(model, None, args.batch, args.seq_len + 1, args.seed)
+        return ids, f"random tokens (vocab_size {vocab} is not byte-level)"
+    train_cfg = _run_train_config(src)
+    data = args.data if args.data is not None else train_cfg.get("data")
+    corpus = D.load_corpus(data, train_cfg.get("val_fraction", 0.05))
+    D.check_lengths(corpus, args.seq_len, args.batch, train_cfg.get("val_fraction", 0.05))
+    offsets = D.val_offsets(corpus.val, args.batch, args.seq_len)
+    x, y = D.windows(corpus.val, offsets, args.seq_len)
+    return (torch.cat([x, y[:, -1:]], 1),
+            f"{args.batch} windows of {args.seq_len} bytes of the validation split of {corpus.name}")
+
+
+def summary_text(result: dict) -> str:
+    """A short table of the recurrent ε lens, the noise sweep and the tropical deviation."""
+    lines = [f"input: {result.get('input', '?')}"]
+    rec = result.get("recurrent", {})
+    if rec.get("layers"):
+        lines.append(f"{'layer':<6}{'kind':<10}{'step Δ median [5%, 95%]':<30}"
+                     f"{'decay > 0.99':>13}{'ODE max err':>13}{'order':>8}")
+        for r in rec["layers"]:
+            st, o = r["step"], r["ode"]
+            order = o["observed_order"]
+            lines.append(f"{r['layer']:<6}{r['kind']:<10}"
+                         f"{st['median']:.3g} [{st['q05']:.3g}, {st['q95']:.3g}]".ljust(46)
+                         + f"{r['decay']['fraction_above_0_99']:>13.3f}"
+                         f"{o['global_max_error']:>13.2e}"
+                         f"{(f'{order:.2f}' if isinstance(order, float) else str(order)):>8}")
+        noise = rec["noise"]
+        lines.append("validation bpb vs ε: " + ", ".join(f"{e:g}" for e in noise["eps"]))
+        for name, row in noise["bpb"].items():
+            lines.append(f"  {name:<24}" + " ".join(f"{v:.4f}" for v in row))
+    for a in result.get("attention", []):
+        lines.append(f"attention {a['module']}: normalized entropy per head "
+                     + " ".join(f"{h:.2f}" for h in a["normalized_entropy_per_head"]))
+    trop = result.get("tropical", {})
+    if trop:
+        lines.append(f"tropical (ε → 0) model: next-token agreement "
+                     f"{trop['next_token_agreement']:.3f}, max |Δlogit| {trop['max_abs_logit_change']:.3g}")
+    return "\n".join(lines)
 
 
 def prompt_ids(model: nn.Module, text: str | None, batch: int, seq_len: int, seed: int) -> Tensor:
@@ -68,13 +167,13 @@ def prompt_ids(model: nn.Module, text: str | None, batch: int, seq_len: int, see
     vocab = model.config.vocab_size
     if text is not None:
         if vocab < 256:
-            raise ValueError(f"--text needs a byte-level model (vocab_size >= 256), this one has {vocab}")
+            raise UserError(f"--text needs a byte-level model (vocab_size >= 256), this one has {vocab}")
         ids = list(text.encode("utf-8"))
         if not ids:
-            raise ValueError("--text is empty")
+            raise UserError("--text is empty; give a prompt of at least one character")
         return torch.tensor([ids])
     if batch < 1 or seq_len < 1:
-        raise ValueError(f"--batch and --seq-len must be >= 1, got {batch}, {seq_len}")
+        raise UserError(f"--batch and --seq-len must be >= 1, got {batch}, {seq_len}")
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, seq_len), generator=gen)
 
@@ -173,10 +272,15 @@ def plot_attention_entropy(result: dict, path: Path) -> Path:
     rows = [a["normalized_entropy_per_head"] for a in result["attention"]]
     width = max(len(r) for r in rows)
     grid = [r + [float("nan")] * (width - len(r)) for r in rows]
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * width, 1 + 0.4 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.5 + 0.6 * width), max(3.5, 1.5 + 0.45 * len(rows))))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="magma_r", aspect="auto")
-    ax.set_yticks(range(len(rows)), [a["module"] for a in result["attention"]], fontsize=7)
+    ax.set_yticks(range(len(rows)), [a["module"] for a in result["attention"]], fontsize=8)
+    ax.set_xticks(range(width), [str(h) for h in range(width)])
     ax.set_xlabel("head")
-    ax.set_title("attention entropy / log(#keys)")
-    fig.colorbar(im, ax=ax)
-    return _save(fig, path)
+    ax.set_ylabel("attention layer")
+    ax.set_title("attention entropy per head, normalised: H(π) / log(#keys)  (0 = one key, 1 = uniform)",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, label="H / log(#keys)")
+    path = _save(fig, path)
+    plt.close(fig)
+    return path

@@ -24,13 +24,19 @@ def runner_path() -> Path:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from hjseq.cli import HelpFormatter
+
     sub = parser.add_subparsers(dest="bench_command", metavar="WHAT")
-    k = sub.add_parser("kernels", help="time the kernel ops against their peers")
+    k = sub.add_parser("kernels", help="time the kernel ops against their peers",
+                       description="Time the kernel ops against their peers "
+                       "(benchmarks/run.py of the source checkout).",
+                       formatter_class=HelpFormatter)
     k.add_argument("--quick", action="store_true", help="small shapes: a smoke run")
     k.add_argument("--only", metavar="NAME", help="comma-separated benchmark names "
-                   "(e.g. linear_scan,recurrent)")
-    k.add_argument("--out", help="output folder (default out/bench in the checkout)")
-    t = sub.add_parser("tasks", help="synthetic-task table (options: hjseq bench tasks -h)")
+                   "(e.g. linear_scan,recurrent; default: all)")
+    k.add_argument("--out", help="output folder (default: out/bench in the checkout)")
+    t = sub.add_parser("tasks", help="synthetic-task table (options: hjseq bench tasks -h)",
+                       formatter_class=HelpFormatter)
     if "tasks" in sys.argv[1:]:  # the tasks module is imported only when it is asked for
         from hjseq.models import tasks
 
@@ -41,11 +47,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.bench_command == "kernels":
-        try:
-            runner = runner_path()
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        runner = runner_path()  # a missing checkout is a user error (the CLI prints it)
         cmd = [sys.executable, str(runner)]
         if args.quick:
             cmd.append("--quick")

@@ -142,17 +142,22 @@ def table(results: list[TaskResult]) -> str:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated block kinds")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    p.description = ("Train each block kind on each synthetic task of the Mamba paper and "
+                     "print an accuracy table.")
+    p.add_argument("--kinds", default=",".join(KINDS), metavar="K1,K2",
+                   help=f"comma-separated block kinds, from: {', '.join(KINDS)}")
+    p.add_argument("--tasks", default=",".join(TASKS), metavar="T1,T2",
+                   help=f"comma-separated tasks, from: {', '.join(TASKS)}")
     p.add_argument("--steps", type=int, default=300, help="training steps per (kind, task)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=48)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=32, help="sequences per training step")
+    p.add_argument("--seq-len", type=int, default=48, help="sequence length of the tasks")
+    p.add_argument("--d-model", type=int, default=64, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="blocks per model")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and initialisation")
     p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, tiny sizes")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write the results to this JSON file (default: none)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,9 +6,10 @@ If compilation is impossible (no compiler, no sources, ``HJSEQ_NO_BUILD=1``) it 
 :class:`~hjseq.ops._registry.BackendUnavailable` and warns once, so "auto" falls back to
 the reference path with a visible :class:`ExtensionBuildWarning`.
 
-A compilation (not a cached load) prints one line on stderr when it starts and one when it
-ends, with its time; :func:`build_seconds` is the total so far, so callers timing their own
-work (the training loop's tokens/s and ETA) can leave it out.
+A compilation prints one line on stderr when it starts and one when it ends, with its time
+(a load of a built library that takes over ``SLOW_LOAD_S``, because ninja rebuilds or another
+process holds the build lock, says so too); :func:`build_seconds` is the total so far, so
+callers timing their own work (the training loop's tokens/s and ETA) can leave it out.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import hashlib
 import os
 import platform
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,11 +34,13 @@ class ExtensionBuildWarning(UserWarning):
 
 _CACHE: dict[str, ModuleType] = {}
 _FAILED: dict[str, str] = {}
-_BUILD_SECONDS = [0.0]  # wall time spent compiling in this process
+_BUILD_SECONDS = [0.0]  # wall time spent compiling or loading extensions in this process
+SLOW_LOAD_S = 2.0  # a load of a built extension taking longer than this is announced
 
 
 def build_seconds() -> float:
-    """Wall seconds this process has spent compiling extensions (cached loads excluded)."""
+    """Wall seconds this process has spent in :func:`load_extension` compiling or loading
+    extensions (a cached load takes milliseconds)."""
     return _BUILD_SECONDS[0]
 
 
@@ -102,10 +106,24 @@ def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None
         build_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils import cpp_extension
 
-        compiling = not (build_dir / f"hjseq_{name}.so").is_file()
         t0 = time.perf_counter()
-        if compiling:
-            _say(f"building the C++ kernel hjseq_{name} (first use only; cached in {build_dir})")
+        said = threading.Event()  # a start line was printed, so an end line follows
+
+        def announce(text: str) -> None:
+            said.set()
+            _say(text)
+
+        # no library yet: a compilation, announced now; otherwise a cached load, announced
+        # only if it turns out slow (ninja rebuilding, or waiting on another process's build)
+        slow = threading.Timer(SLOW_LOAD_S, announce, (
+            f"loading the C++ kernel hjseq_{name} is slow: rebuilding it, or waiting for "
+            f"another process's build ({build_dir})",))
+        if not (build_dir / f"hjseq_{name}.so").is_file():
+            announce(f"building the C++ kernel hjseq_{name} (first use only; cached in "
+                     f"{build_dir})")
+        else:
+            slow.daemon = True
+            slow.start()
         mod = None
         try:
             mod = cpp_extension.load(
@@ -114,9 +132,10 @@ def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None
                 extra_include_paths=[str(root)], build_directory=str(build_dir),
                 verbose=verbose)
         finally:
-            if compiling:
-                took = time.perf_counter() - t0
-                _BUILD_SECONDS[0] += took
+            slow.cancel()
+            took = time.perf_counter() - t0
+            _BUILD_SECONDS[0] += took
+            if said.is_set():
                 _say(f"{'built' if mod is not None else 'failed to build'} hjseq_{name} in "
                      f"{took:.1f} s")
     except BackendUnavailable as e:
