@@ -21,23 +21,30 @@ reason is printed and llama.cpp is left out; nothing is estimated in its place.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Callable
 
-import torch
+# Threads that wait at a barrier sleep instead of spinning: decoding runs ~5 parallel
+# regions per block per token, and on a shared (oversubscribed) machine spinning waiters
+# steal the time slices the working threads need (measured: 1 vs 14 tok/s at the 130m shape
+# under load). Must be set before the OpenMP runtime starts, i.e. before importing torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from hjseq.models import HJLM
-from hjseq.models.decode import FusedDecoder, _ext
-from hjseq.models.quantize import pack_linear
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+
+from hjseq.models import HJLM  # noqa: E402
+from hjseq.models.decode import FusedDecoder, _ext  # noqa: E402
+from hjseq.models.quantize import pack_linear  # noqa: E402
 
 SHAPES = {"small": (128, 4), "130m": (768, 24)}
 FORMATS = ("float32", "bfloat16", "int8")
@@ -133,6 +140,30 @@ def hj_decode_rate(hj: HJLM, dec: FusedDecoder | None, B: int, n: int,
     return B * (n - 1) / (time.perf_counter() - t), toks
 
 
+def weight_format_bpb(checkpoint: str) -> dict[str, float]:
+    """Validation bits per byte of a trained model with each weight format (projection
+    weights rounded as the fused decoder stores them; the forward is the model's own)."""
+    from hjseq.models import data as D
+    from hjseq.models.checkpoint import load_checkpoint
+    from hjseq.models.generate import load_model
+    from hjseq.models.quantize import fake_quantize, validation_bpb
+
+    model = load_model(checkpoint).float().eval()
+    ck = Path(checkpoint) / "checkpoint.pt"
+    train = load_checkpoint(ck)["config"].get("train", {}) if ck.is_file() else {}
+    seq_len, batch = train.get("seq_len", 256), train.get("batch_size", 16)
+    windows = train.get("eval_batches", 8) * batch
+    corpus = D.load_corpus(train.get("data"), train.get("val_fraction", 0.05))
+    out = {}
+    for fmt in FORMATS:
+        m = model if fmt == "float32" else fake_quantize(model, fmt)
+        out[fmt] = validation_bpb(m, corpus.val, seq_len, windows, batch)
+    print(f"validation bits/byte of {checkpoint} ({windows} windows of {seq_len}): " + ", ".join(
+        f"{f} {v:.5f}" + (f" ({v - out['float32']:+.5f})" if f != "float32" else "")
+        for f, v in out.items()))
+    return out
+
+
 # ------------------------------------------------------------------------------ llama.cpp
 def llama_cpp_build(timeout: int) -> tuple[Path | None, str]:
     """``(llama-bench path, note)`` or ``(None, reason)``."""
@@ -211,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-llama-cpp", action="store_true")
     p.add_argument("--llama-build-timeout", type=int, default=600)
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--bpb-checkpoint", metavar="DIR", default=None,
+                   help="a trained model (hjseq train --out DIR): report its validation bits "
+                   "per byte with fp32, bf16 and int8 weights (the training run's windows)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     shapes = ["small"] if args.quick else [s.strip() for s in args.shapes.split(",")]
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     res: dict = {"threads": args.threads, "load_avg_at_start": os.getloadavg()[0]}
-    print(f"threads {args.threads}; load average at start {res['load_avg_at_start']:.1f} "
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; threads {args.threads}; load average at start {res['load_avg_at_start']:.1f} "
           f"(the machine's other work shares the cores)")
 
     bw = read_bandwidth(args.repeats)
@@ -225,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read bandwidth (sum of 512 MB): {bw:.1f} GB/s")
     for k, v in gemv.items():
         print(f"GEMV 151 MB-fp32 matrix, {k}: {v:.1f} GB/s")
+
+    if args.bpb_checkpoint:
+        res["bpb"] = weight_format_bpb(args.bpb_checkpoint)
 
     llama_exe, llama_note = (None, "--no-llama-cpp") if args.no_llama_cpp else \
         llama_cpp_build(args.llama_build_timeout)

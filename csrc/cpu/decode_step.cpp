@@ -17,9 +17,9 @@
 // otherwise). Each projection's weight is stored as T, bfloat16 (fp32 accumulation) or
 // int8 with one float scale per output row (y_o = scale_o Σ_i q_oi x_i): decoding reads every
 // weight once per token, so fewer bytes per weight is the speed-up. A projection is a GEMV
-// per batch row: blocks of 4 output rows (dequantised once into an L1 buffer for
-// bf16/int8) against all B inputs, split over threads by output rows. States are updated
-// in place.
+// per batch row: blocks of 4 output rows against tiles of 4 batch rows (16 accumulators;
+// bf16/int8 converted to float in the same loop), split over threads by output rows.
+// States are updated in place.
 #include "common.h"
 
 #include <pybind11/stl.h>
@@ -77,58 +77,135 @@ HJSEQ_INLINE float bf16_to_float(uint16_t u) {
 }
 
 constexpr int64_t kRows = 4;  // output rows per block
+constexpr int64_t kCols = 4;  // batch rows per register tile (B >= 4)
+
+// Weight element -> T (bf16: the high half of a float32; int8: the integer, scaled later).
+template <typename T, typename W>
+HJSEQ_INLINE T wval(W v) {
+  if constexpr (std::is_same_v<W, uint16_t>) return bf16_to_float(v);
+  else return static_cast<T>(v);
+}
+
+// acc[r][c] = Σ_i w_r[i] x_c[i] for 4 rows and nc <= kCols inputs; W converts on the fly.
+template <typename T, typename W>
+HJSEQ_INLINE void dot4(const W* w0, const W* w1, const W* w2, const W* w3, const T* x,
+                       int64_t ldx, int64_t nc, int64_t in, T acc[kRows][kCols]) {
+  if (nc == kCols) {
+    const T *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    T a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+    T a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
+#pragma omp simd reduction(+ : a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, \
+                               a30, a31, a32, a33)
+    for (int64_t i = 0; i < in; ++i) {
+      const T v0 = wval<T>(w0[i]), v1 = wval<T>(w1[i]), v2 = wval<T>(w2[i]),
+              v3 = wval<T>(w3[i]);
+      const T y0 = x0[i], y1 = x1[i], y2 = x2[i], y3 = x3[i];
+      a00 += v0 * y0; a01 += v0 * y1; a02 += v0 * y2; a03 += v0 * y3;
+      a10 += v1 * y0; a11 += v1 * y1; a12 += v1 * y2; a13 += v1 * y3;
+      a20 += v2 * y0; a21 += v2 * y1; a22 += v2 * y2; a23 += v2 * y3;
+      a30 += v3 * y0; a31 += v3 * y1; a32 += v3 * y2; a33 += v3 * y3;
+    }
+    const T r[kRows][kCols] = {{a00, a01, a02, a03}, {a10, a11, a12, a13},
+                               {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+    for (int a = 0; a < kRows; ++a)
+      for (int c = 0; c < kCols; ++c) acc[a][c] = r[a][c];
+    return;
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    const T* xc = x + c * ldx;
+    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t i = 0; i < in; ++i) {
+      const T xv = xc[i];
+      a0 += wval<T>(w0[i]) * xv;
+      a1 += wval<T>(w1[i]) * xv;
+      a2 += wval<T>(w2[i]) * xv;
+      a3 += wval<T>(w3[i]) * xv;
+    }
+    acc[0][c] = a0; acc[1][c] = a1; acc[2][c] = a2; acc[3][c] = a3;
+  }
+}
+
+// Blocks [lo, hi) of 4 output rows against all B inputs, weights of element type W read
+// directly (a block of rows stays in L1 while the batch runs over it).
+template <typename T, typename W>
+void linear_rows(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T* y,
+                 int64_t ldy, bool accumulate, int64_t lo, int64_t hi) {
+  const int64_t in = L.in;
+  const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
+  const float* scale = L.kind == kInt8 ? L.scale.data_ptr<float>() : nullptr;
+  T acc[kRows][kCols];
+  // bf16/int8 with more than one batch tile: convert the 4 rows once into an L1 buffer
+  // (converting inside the loop would repeat it for every tile)
+  constexpr bool kConv = !std::is_same_v<W, T>;
+  const bool buffered = kConv && B > kCols;
+  std::vector<T> buf(buffered ? kRows * in : 0);
+  for (int64_t blk = lo; blk < hi; ++blk) {
+    const int64_t o0 = blk * kRows, nr = std::min<int64_t>(kRows, L.out - o0);
+    const W* rows[kRows];
+    const T* trows[kRows];
+    for (int64_t r = 0; r < kRows; ++r) rows[r] = w + (o0 + std::min(r, nr - 1)) * in;
+    if (buffered) {
+      for (int64_t r = 0; r < kRows; ++r) {
+        T* dst = buf.data() + r * in;
+        const W* src = rows[r];
+#pragma omp simd
+        for (int64_t i = 0; i < in; ++i) dst[i] = wval<T>(src[i]);
+        trows[r] = dst;
+      }
+    }
+    for (int64_t b0 = 0; b0 < B; b0 += kCols) {
+      const int64_t nc = std::min<int64_t>(kCols, B - b0);
+      if (buffered) {
+        dot4<T, T>(trows[0], trows[1], trows[2], trows[3], x + b0 * ldx, ldx, nc, in, acc);
+      } else {
+        dot4<T, W>(rows[0], rows[1], rows[2], rows[3], x + b0 * ldx, ldx, nc, in, acc);
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        T* yb = y + (b0 + c) * ldy + o0;
+        for (int64_t r = 0; r < nr; ++r) {
+          T v = scale ? acc[r][c] * static_cast<T>(scale[o0 + r]) : acc[r][c];
+          if (bias) v += bias[o0 + r];
+          yb[r] = accumulate ? yb[r] + v : v;
+        }
+      }
+    }
+  }
+}
 
 // y[b, o] (+)= bias[o] + scale[o] Σ_i W[o, i] x[b, i] for b < B, o < out.
 template <typename T>
 void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
             bool accumulate) {
-  const int64_t in = L.in, nblk = (L.out + kRows - 1) / kRows;
-  const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
-  const float* scale = L.kind == kInt8 ? L.scale.data_ptr<float>() : nullptr;
-  // enough rows per task that one task streams >= 64k weights (small layers: one thread)
-  const int64_t grain = std::max<int64_t>(1, 65536 / (in * kRows * std::max<int64_t>(B, 1)));
-  at::parallel_for(0, nblk, grain, [&](int64_t lo, int64_t hi) {
-    std::vector<T> buf(L.kind == kSame ? 0 : kRows * in);
-    for (int64_t blk = lo; blk < hi; ++blk) {
-      const int64_t o0 = blk * kRows, nr = std::min<int64_t>(kRows, L.out - o0);
-      const T* rows[kRows];
-      if (L.kind == kSame) {
-        const T* w = L.w.data_ptr<T>();
-        for (int64_t r = 0; r < kRows; ++r) rows[r] = w + (o0 + std::min(r, nr - 1)) * in;
-      } else {
-        for (int64_t r = 0; r < nr; ++r) {
-          T* dst = buf.data() + r * in;
-          if (L.kind == kBF16) {
-            const uint16_t* src = reinterpret_cast<const uint16_t*>(L.w.data_ptr()) + (o0 + r) * in;
-#pragma omp simd
-            for (int64_t i = 0; i < in; ++i) dst[i] = bf16_to_float(src[i]);
-          } else {
-            const int8_t* src = L.w.data_ptr<int8_t>() + (o0 + r) * in;
-#pragma omp simd
-            for (int64_t i = 0; i < in; ++i) dst[i] = static_cast<T>(src[i]);
-          }
-        }
-        for (int64_t r = 0; r < kRows; ++r) rows[r] = buf.data() + std::min(r, nr - 1) * in;
+  if (L.kind == kSame && B >= 8) {  // a real GEMM: torch's BLAS (MKL/oneDNN) does it best
+    const auto opts = L.w.options();
+    const at::Tensor xt = at::from_blob(const_cast<T*>(x), {B, L.in}, {ldx, 1}, opts);
+    const at::Tensor r = at::mm(xt, L.w.t()).contiguous();
+    const T* rp = r.data_ptr<T>();
+    const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      T* yb = y + b * ldy;
+      const T* rb = rp + b * L.out;
+      for (int64_t o = 0; o < L.out; ++o) {
+        const T v = rb[o] + (bias ? bias[o] : T(0));
+        yb[o] = accumulate ? yb[o] + v : v;
       }
-      const T *w0 = rows[0], *w1 = rows[1], *w2 = rows[2], *w3 = rows[3];
-      for (int64_t b = 0; b < B; ++b) {
-        const T* xb = x + b * ldx;
-        T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (int64_t i = 0; i < in; ++i) {
-          const T xv = xb[i];
-          a0 += w0[i] * xv;
-          a1 += w1[i] * xv;
-          a2 += w2[i] * xv;
-          a3 += w3[i] * xv;
-        }
-        const T acc[kRows] = {a0, a1, a2, a3};
-        T* yb = y + b * ldy + o0;
-        for (int64_t r = 0; r < nr; ++r) {
-          T v = scale ? acc[r] * static_cast<T>(scale[o0 + r]) : acc[r];
-          if (bias) v += bias[o0 + r];
-          yb[r] = accumulate ? yb[r] + v : v;
-        }
+    }
+    return;
+  }
+  const int64_t nblk = (L.out + kRows - 1) / kRows;
+  // enough rows per task that one task does >= 64k multiply-adds (small layers: one thread)
+  const int64_t grain = std::max<int64_t>(1, 65536 / (L.in * kRows * std::max<int64_t>(B, 1)));
+  at::parallel_for(0, nblk, grain, [&](int64_t lo, int64_t hi) {
+    if (L.kind == kSame) {
+      linear_rows<T, T>(L, L.w.data_ptr<T>(), x, B, ldx, y, ldy, accumulate, lo, hi);
+    } else if constexpr (std::is_same_v<T, float>) {
+      if (L.kind == kBF16) {
+        linear_rows<T, uint16_t>(L, reinterpret_cast<const uint16_t*>(L.w.data_ptr()), x, B,
+                                 ldx, y, ldy, accumulate, lo, hi);
+      } else {
+        linear_rows<T, int8_t>(L, L.w.data_ptr<int8_t>(), x, B, ldx, y, ldy, accumulate, lo,
+                               hi);
       }
     }
   });
