@@ -34,13 +34,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
-def test_fused_step_equals_hjlm_step_and_forward(dtype, tol):
+@pytest.mark.parametrize("dtype,tol,batch", [(torch.float64, 1e-12, 3),
+                                             (torch.float64, 1e-12, 9),  # GEMM path (B >= 8)
+                                             (torch.float32, 2e-6, 3)])
+def test_fused_step_equals_hjlm_step_and_forward(dtype, tol, batch):
     m = _model(dtype)
     dec = FusedDecoder(m)
-    ids = torch.randint(0, 256, (3, 7), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 256, (batch, 7), generator=torch.Generator().manual_seed(1))
     full = m(ids)                                        # (B, L, V)
-    st, ref_state = dec.zero_state(3), None
+    st, ref_state = dec.zero_state(batch), None
     for t in range(ids.shape[1]):
         got = dec.step(ids[:, t], st)
         want, ref_state = m.step(ids[:, t], ref_state)
@@ -48,7 +50,7 @@ def test_fused_step_equals_hjlm_step_and_forward(dtype, tol):
         assert _rel(got, want) < tol, t
         assert _rel(got, full[:, t]) < tol * 10, t
     # the state converts back: HJLM.step continues from the fused state
-    nxt = torch.tensor([1, 2, 3])
+    nxt = torch.arange(1, batch + 1)
     a, _ = m.step(nxt, dec.state_to_model(st))
     b, _ = m.step(nxt, ref_state)
     assert _rel(a, b) < tol
@@ -72,15 +74,16 @@ def test_prefill_then_fused_steps_equal_full_forward_varlen():
     assert torch.equal(sub.tensors[0][1], st.tensors[0][0])
 
 
+@pytest.mark.parametrize("batch", [2, 6])  # converted in the loop / through a row buffer
 @pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
-def test_weight_formats_compute_the_rounded_model_exactly(fmt):
+def test_weight_formats_compute_the_rounded_model_exactly(fmt, batch):
     """bf16/int8 weights with fp32 activations = the float64 model whose projection weights
     hold the rounded values (so the only error is the format's, measured separately)."""
     m = _model(torch.float32)
     dec = FusedDecoder(m, weights=fmt)
     truth = fake_quantize(m, fmt).double()
-    ids = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(3))
-    st, ref = dec.zero_state(2), None
+    ids = torch.randint(0, 256, (batch, 5), generator=torch.Generator().manual_seed(3))
+    st, ref = dec.zero_state(batch), None
     for t in range(5):
         got = dec.step(ids[:, t], st)
         want, ref = truth.step(ids[:, t], ref)
