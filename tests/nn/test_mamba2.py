@@ -224,16 +224,24 @@ def test_matches_transformers_mamba2_mixer(n_groups):
         torch.testing.assert_close(m(u), hf(u), rtol=1e-4, atol=1e-5)
 
 
-def _import_mamba_ssm():
+@pytest.fixture
+def mamba_ssm_mamba2():
+    """mamba_ssm.modules.mamba2 imported on a CPU (empty stand-ins for its compiled modules),
+    all of it taken out of sys.modules afterwards: the stand-ins would otherwise make
+    transformers pick mamba-ssm's CUDA kernels in later tests."""
+    before = set(sys.modules)
     for name in ("selective_scan_cuda", "causal_conv1d_cuda"):
         sys.modules.setdefault(name, types.ModuleType(name))
     import mamba_ssm.modules.mamba2 as mod
-    return mod
+    yield mod
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("mamba_ssm", "selective_scan_cuda", "causal_conv1d_cuda"):
+            del sys.modules[name]
 
 
 @pytest.mark.skipif(not HAS_MAMBA, reason="mamba-ssm not installed (CI installs it)")
-def test_loads_mamba_ssm_state_dict_and_matches_its_step(monkeypatch):
-    mod = _import_mamba_ssm()
+def test_loads_mamba_ssm_state_dict_and_matches_its_step(monkeypatch, mamba_ssm_mamba2):
+    mod = mamba_ssm_mamba2
     from mamba_ssm.ops.triton.layernorm_gated import rms_norm_ref
 
     torch.manual_seed(2)
