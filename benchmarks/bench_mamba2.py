@@ -26,7 +26,6 @@ import sys
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from hjseq.bench.harness import Record, dump_json, interleaved, table
 from hjseq.nn import HJMamba2

@@ -25,7 +25,7 @@ xBC inputs, in the input dtype; ssm_state (B, H, P, N) in float32 (float64 for f
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
