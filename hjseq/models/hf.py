@@ -80,7 +80,7 @@ def hf_mamba2_config_to_model_config(hf: Mapping[str, Any],
         raise ValueError(f"config model_type is {hf.get('model_type')!r}, not 'mamba2'")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
-        raise ValueError(f"hidden_act={act!r} is not supported: HJMamba2 uses silu, as Mamba-2 does")
+        raise ValueError(f"hidden_act={act!r} is not supported: HJMamba2 uses silu (Mamba-2's)")
     for key in ("hidden_size", "num_hidden_layers"):
         if key not in hf:
             raise ValueError(f"HF Mamba2 config lacks {key!r}")

@@ -245,11 +245,10 @@ class HJMamba2(RecurrentBlock):
     # ------------------------------------------------------------------ decoding
     def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """One token u_t (B, d_model) -> ``(y_t, (conv_state, ssm_state))`` in O(1): the conv
-        window and ``hjseq.ops.selective_state_update`` (heads layout; its differentiable "ref"
-        backend when autograd needs the step, so call it under ``torch.no_grad()`` to decode
-        fast). Equal to the engine's
-        step (the reference loop's update, which runs when training with ε > 0 or under
-        ``backend="loop"``)."""
+        window, then ``hjseq.ops.selective_state_update`` in the heads layout. Its compiled
+        backends are forward-only, so when autograd needs the step the op's "ref" backend
+        runs (decode under ``torch.no_grad()`` for speed). Equal to the engine's step, which
+        runs instead when training with ε > 0 or under ``backend="loop"``."""
         if self.backend == "loop" or (self.training and self.spec.stochastic) or \
                 not isinstance(x_t, Tensor) or x_t.dim() != 2:
             return engine.step(self, x_t, state)
@@ -264,7 +263,8 @@ class HJMamba2(RecurrentBlock):
             xBC = xBC + self.conv1d.bias
         xs, B, C = F.silu(xBC).split(
             [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        delta = self.spec.step(0.0, ssm_state[:, :, 0, 0], {"dt": dt.to(acc) + self.dt_bias.to(acc)})
+        delta = self.spec.step(0.0, ssm_state[:, :, 0, 0],                 # Δ (B, H)
+                               {"dt": dt.to(acc) + self.dt_bias.to(acc)})
         H, P, N = self.nheads, self.headdim, self.d_state
         a = -torch.exp(self.A_log.to(acc))
         backend = self._op_backend()
