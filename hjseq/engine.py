@@ -87,7 +87,7 @@ difference ``discrete_step − flow`` is O(Δ^{order+1}) per token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -112,6 +112,29 @@ def check_backend(backend: Any, where: str = "backend") -> str:
 
 
 _CLOSED_FORM: dict[tuple[type, str, type], Kernel] = {}
+
+
+class CarriedState(NamedTuple):
+    """The state of a block whose scheme ``carries_input`` (``exp_trapezoidal``): the
+    block's own state and the previous token's input term ``b_{k−1}`` (B, *F). A plain
+    block state given as ``initial_state`` starts with b_{−1} = 0."""
+
+    state: Any
+    previous_input: Tensor
+
+
+def carries_input(block: Any) -> bool:
+    """True when the block's scheme reads the previous token's input term."""
+    return get_scheme(block.spec.scheme).carries_input
+
+
+def _time_scale(time_steps: Tensor | None, k: int | None, like: Tensor) -> Tensor | float:
+    """The per-token time step (B,) of token k (or all (B, L) flattened) shaped to multiply
+    a step Δ that broadcasts against ``like`` (B, *F) / (B·L, *F)."""
+    if time_steps is None:
+        return 1.0
+    t = time_steps[:, k] if k is not None else time_steps.reshape(-1)
+    return t.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def register_kernel(hamiltonian_cls: type, scheme_name: str, block_cls: type,
@@ -153,16 +176,18 @@ def tokenwise(block: Any) -> bool:
     return bool(declared) and not block.spec.step.reads_state
 
 
-def fused_path(block: Any, noisy: bool = False) -> str:
+def fused_path(block: Any, noisy: bool = False, closed_form: bool = True) -> str:
     """The path ``run`` takes for this block (unless ``backend == "loop"``):
     ``"closed_form"`` (a kernel registered for exactly this computation), ``"ssd"`` (a
     ``head_affine`` Hamiltonian with a ``linear_readout``, no noise), ``"linear_scan"`` (any
     ``affine`` Hamiltonian), or ``"loop"`` — chosen from what the spec declares."""
-    if find_kernel(block) is not None:
+    if closed_form and find_kernel(block) is not None:
         return "closed_form"
     if not tokenwise(block):
         return "loop"
     have = type(block.spec.hamiltonian).structures()
+    if carries_input(block):
+        return "linear_scan" if "affine" in have else "loop"
     if type(get_scheme(block.spec.scheme)).discrete_affine is Scheme.discrete_affine:
         return "loop"  # the scheme is not a linear map on affine fields
     if "head_affine" in have and not noisy and getattr(block, "linear_readout", None):
@@ -177,7 +202,8 @@ def fused_path(block: Any, noisy: bool = False) -> str:
 class _Sequence:
     """The whole sequence's token drives at once, flattened to (B·L, ·) (tokenwise blocks)."""
 
-    def __init__(self, block: Any, x: Tensor, state: Any) -> None:
+    def __init__(self, block: Any, x: Tensor, state: Any,
+                 time_steps: Tensor | None = None) -> None:
         from .nn.base import RecurrentBlock
 
         if (len(block.state_names) > 1
@@ -192,10 +218,13 @@ class _Sequence:
         self.flow_shape = tuple(self.h0.shape[1:])
         # h is never read by a tokenwise step rule or linear form: a meta tensor of the
         # right rank stands in for it, so a rule that does read it fails loudly
-        self.h_like = torch.empty((self.B * self.L, *self.flow_shape), device="meta")
+        self.h_like = torch.empty((self.B * self.L, *self.flow_shape), dtype=self.h0.dtype,
+                                  device="meta")
         self.t = torch.arange(self.L, dtype=self.h0.dtype, device=self.h0.device).repeat(
             self.B).reshape(-1, *([1] * len(self.flow_shape)))
         self.dt = block.spec.step(self.t, self.h_like, self.drive)
+        if time_steps is not None:
+            self.dt = self.dt * _time_scale(time_steps, None, self.h_like)
 
     def unflat(self, v: Tensor) -> Tensor:
         return v.reshape(self.B, self.L, *v.shape[1:])
@@ -211,18 +240,30 @@ def _op_backend(op: str, backend: str) -> str:
 
 
 def linear_scan_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
-                     backend: str) -> tuple[Tensor, Any]:
+                     backend: str, previous_input: Tensor | None = None,
+                     time_steps: Tensor | None = None) -> tuple[Tensor, Any]:
     """Any tokenwise block with an ``affine`` Hamiltonian, under any scheme that is a linear
     map on affine fields: ``h_k = Ā_k ⊙ h_{k−1} + s_k ⊙ b_k (+ noise_k)`` for the whole
-    sequence through ``hjseq.ops.linear_scan``, then the block's readout on every token."""
+    sequence through ``hjseq.ops.linear_scan``, then the block's readout on every token.
+    A scheme that carries the input (exp_trapezoidal) mixes b_{k−1} and b_k into the input
+    term; the final state is then a :class:`CarriedState`."""
     from .ops.linear_scan import linear_scan
 
-    sq = _Sequence(block, x, state)
+    sq = _Sequence(block, x, state, time_steps)
     spec = block.spec
+    scheme = get_scheme(spec.scheme)
     a, b = spec.hamiltonian.affine(sq.t, sq.drive)
-    decay, scale = get_scheme(spec.scheme).discrete_affine(a, sq.dt)
     full = (sq.B * sq.L, *sq.flow_shape)
     dtype = sq.h0.dtype
+    if scheme.carries_input:
+        b = torch.broadcast_to(b, full).to(dtype)
+        b_seq = b.reshape(sq.B, sq.L, *sq.flow_shape)
+        prev = torch.cat([previous_input.to(dtype).unsqueeze(1), b_seq[:, :-1]], dim=1)
+        decay, term = scheme.combine(a, sq.dt, prev.reshape(full), b,
+                                     sq.drive.get("trap", 0.5))
+        scale, b = 1.0, term
+    else:
+        decay, scale = scheme.discrete_affine(a, sq.dt)
     decay = torch.broadcast_to(torch.as_tensor(decay), full).to(dtype).reshape(sq.B, sq.L, -1)
     inp = torch.broadcast_to(scale * b, full).to(dtype).reshape(sq.B, sq.L, -1)
     if noise is not None:
@@ -238,11 +279,15 @@ def linear_scan_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
     else:
         ys = sq.unflat(block.readout(hs.reshape(full), sq.drive, sq.state)[0])
     out = block.finish(ys, sq.seq)
-    return out, block.replace_flow(sq.state, h_T.to(dtype).reshape(sq.h0.shape))
+    final = block.replace_flow(sq.state, h_T.to(dtype).reshape(sq.h0.shape))
+    if scheme.carries_input:
+        final = CarriedState(final, b_seq[:, -1])
+    return out, final
 
 
 def ssd_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
-             backend: str) -> tuple[Tensor, Any]:
+             backend: str, previous_input: Tensor | None = None,
+             time_steps: Tensor | None = None) -> tuple[Tensor, Any]:
     """Any tokenwise block with a ``head_affine`` Hamiltonian (``S ← Ā S + s x Bᵀ`` per head,
     one decay per head and token) and ``linear_readout`` ``y = S C``: the whole sequence
     through the chunked ``hjseq.ops.ssd_scan`` op, never materialising S per token. Declines
@@ -250,7 +295,9 @@ def ssd_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
     positive."""
     from .ops import ssd_scan
 
-    sq = _Sequence(block, x, state)
+    if carries_input(block):
+        raise BackendUnavailable("the ssd path has no carried-input scheme")
+    sq = _Sequence(block, x, state, time_steps)
     spec = block.spec
     a, xin, Bv = spec.hamiltonian.head_affine(sq.t, sq.drive)
     dt = sq.dt
@@ -274,21 +321,32 @@ def ssd_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
     return out, block.replace_flow(sq.state, S_T.to(sq.h0.dtype))
 
 
-def _run_fused(block: Any, x: Tensor, state: Any, noise: Tensor | None,
-               backend: str) -> tuple[Tensor, Any] | None:
+def _run_fused(block: Any, x: Tensor, state: Any, noise: Tensor | None, backend: str,
+               previous_input: Tensor | None = None,
+               time_steps: Tensor | None = None) -> tuple[Tensor, Any] | None:
     """The fused path for this block (closed form, ssd, linear_scan), or None for the loop.
-    A declining path falls to the next one under "auto"/"ref"; a named backend re-raises."""
+    A declining path falls to the next one under "auto"/"ref"; a named backend re-raises.
+    A closed-form kernel takes irregular ``time_steps`` only if it says so
+    (``supports_time_steps``); the structural paths always do."""
     path = fused_path(block, noisy=noise is not None)
-    chain = {"closed_form": [find_kernel(block), linear_scan_path],
+    structural = tokenwise(block) and "affine" in type(block.spec.hamiltonian).structures()
+    closed = find_kernel(block)
+    if path == "closed_form" and time_steps is not None \
+            and not getattr(closed, "supports_time_steps", False):
+        path = fused_path(block, noise is not None, closed_form=False)
+    chain = {"closed_form": [closed, linear_scan_path],
              "ssd": [ssd_path, linear_scan_path],
              "linear_scan": [linear_scan_path], "loop": []}[path]
-    if path == "closed_form" and not (tokenwise(block) and "affine" in
-                                      type(block.spec.hamiltonian).structures()):
+    if path == "closed_form" and not structural:
         chain = chain[:1]
     reasons = []
     for kernel in chain:
         try:
-            return kernel(block, x, state, noise, backend)
+            if kernel is closed:
+                if time_steps is not None:
+                    return kernel(block, x, state, noise, backend, time_steps=time_steps)
+                return kernel(block, x, state, noise, backend)
+            return kernel(block, x, state, noise, backend, previous_input, time_steps)
         except BackendUnavailable as e:
             if backend not in ("auto", "ref"):
                 raise
@@ -376,16 +434,30 @@ class LoopResult:
 
 
 def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
-         return_states: bool = False, record: bool = False) -> LoopResult:
-    """The reference loop (module docstring): Hamiltonian velocity + scheme step per token."""
+         return_states: bool = False, record: bool = False,
+         previous_input: Tensor | None = None,
+         time_steps: Tensor | None = None) -> LoopResult:
+    """The reference loop (module docstring): Hamiltonian velocity + scheme step per token.
+    A scheme that carries the input reads ``drive["previous_input"]`` (b_{k−1}) and the
+    final state is a :class:`CarriedState`; ``time_steps`` (B, L) multiplies each Δ_k."""
     seq, const, state = block.prepare(x, state)
+    scheme = get_scheme(block.spec.scheme)
     ys, traj, drives, pre = [], [block.flow_state(state)], [], []
     for k in range(x.shape[1]):
         d = block.token_drive(_token(block, seq, const, k), state)
+        h0 = block.flow_state(state)
+        if scheme.carries_input:
+            d["previous_input"] = previous_input
         if record:
             drives.append(d)
             pre.append(state)
-        h = _one_step(block, block.flow_state(state), d, float(k))
+        dt = None
+        if time_steps is not None:
+            dt = block.spec.step(float(k), h0, d) * _time_scale(time_steps, k, h0)
+        h = _one_step(block, h0, d, float(k), dt=dt)
+        if scheme.carries_input:
+            previous_input = torch.broadcast_to(
+                block.spec.hamiltonian.affine(float(k), d)[1], h.shape).to(h.dtype)
         if noise is not None:
             h = h + noise[:, k]
         y, state = block.readout(h, d, state)
@@ -393,40 +465,85 @@ def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
         if return_states:
             traj.append(h)
     out = block.finish(torch.stack(ys, dim=1), seq)
+    if scheme.carries_input:
+        state = CarriedState(state, previous_input)
     return LoopResult(out, state, torch.stack(traj, dim=1) if return_states else None,
                       *((drives, pre, seq) if record else (None, None, None)))
 
 
-def _start(block: Any, x: Tensor, initial_state: Any) -> Any:
-    """Validate x and the initial state; return the state to start from (zeros if None)."""
+def _start(block: Any, x: Tensor, initial_state: Any,
+           time_steps: Tensor | None = None) -> tuple[Any, Tensor | None]:
+    """Validate x, the initial state and the time steps; return ``(state, previous_input)``
+    to start from (zeros if None; previous_input only for a carried-input scheme)."""
     block.check_input(x)
-    return block.zero_state(x) if initial_state is None else block.check_state(initial_state, x)
+    if time_steps is not None:
+        _check_time_steps(block, x, time_steps)
+    carried = initial_state if isinstance(initial_state, CarriedState) else None
+    if carried is not None:
+        if not carries_input(block):
+            raise ValueError(f"{type(block).__name__}: initial_state is a CarriedState, but "
+                             f"scheme {block.spec.scheme!r} carries no input; pass the block's "
+                             "own state (CarriedState.state)")
+        initial_state = carried.state
+    state = block.zero_state(x) if initial_state is None else block.check_state(initial_state, x)
+    if not carries_input(block):
+        return state, None
+    h0 = block.flow_state(state)
+    if carried is None:
+        return state, torch.zeros_like(h0)
+    prev = carried.previous_input
+    if not isinstance(prev, Tensor) or prev.shape != h0.shape:
+        raise ValueError(f"{type(block).__name__}: CarriedState.previous_input must have the "
+                         f"flow state's shape {tuple(h0.shape)}, got {_shape(prev)}")
+    return state, prev.to(h0.dtype)
 
 
-def run(block: Any, x: Tensor, initial_state: Any = None, return_states: bool = False
-        ) -> tuple[Tensor, Any, Tensor | None]:
+def _check_time_steps(block: Any, x: Tensor, dt: Any) -> None:
+    want = tuple(x.shape[:2])
+    if not isinstance(dt, Tensor) or tuple(dt.shape) != want or not dt.is_floating_point():
+        raise ValueError(f"{type(block).__name__}: dt (per-token time steps) must be a floating "
+                         f"tensor of shape (B, L) = {want}, got {_shape(dt)}")
+    if dt.device != x.device:
+        raise ValueError(f"{type(block).__name__}: dt is on {dt.device}, x on {x.device}")
+    if not bool(torch.isfinite(dt).all()) or bool((dt < 0).any()):
+        raise ValueError(f"{type(block).__name__}: dt (per-token time steps) must be finite "
+                         "and >= 0 (the sampling intervals of the data)")
+
+
+def run(block: Any, x: Tensor, initial_state: Any = None, return_states: bool = False,
+        time_steps: Tensor | None = None) -> tuple[Tensor, Any, Tensor | None]:
     """Run ``block`` over x (B, L, I) from ``initial_state`` (zeros if None).
 
     Returns ``(out, final_state, states)``: out (B, L, ·), the final state in the block's
-    state format, and (``return_states``) the flow-state trajectory (B, L+1, *F), else None.
-    Dispatch (:func:`fused_path`): a fused path unless ``block.backend == "loop"`` or the
-    trajectory is requested (fused paths return only the final state)."""
-    state = _start(block, x, initial_state)
+    state format (a :class:`CarriedState` under a carried-input scheme), and
+    (``return_states``) the flow-state trajectory (B, L+1, *F), else None. ``time_steps``
+    (B, L) ≥ 0: irregular sampling intervals, multiplying each token's Δ (the noise scales
+    with them). Dispatch (:func:`fused_path`): a fused path unless ``block.backend ==
+    "loop"`` or the trajectory is requested (fused paths return only the final state)."""
+    state, prev = _start(block, x, initial_state, time_steps)
     noise = draw_noise(block, x, state)
+    if noise is not None and time_steps is not None:
+        flow_dims = noise.dim() - 2
+        noise = noise * time_steps.to(noise.dtype).sqrt().reshape(
+            *time_steps.shape, *([1] * flow_dims))
     if block.backend != "loop" and not return_states:
-        fused = _run_fused(block, x, state, noise, block.backend)
+        fused = _run_fused(block, x, state, noise, block.backend, prev, time_steps)
         if fused is not None:
             return fused[0], fused[1], None
-    res = loop(block, x, state, noise, return_states)
+    res = loop(block, x, state, noise, return_states, previous_input=prev,
+               time_steps=time_steps)
     return res.out, res.final_state, res.states
 
 
-def step(block: Any, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-    """One token: x_t (B, I) -> ``(y_t, state)``; O(1) in the sequence length."""
+def step(block: Any, x_t: Tensor, state: Any = None,
+         time_step: Tensor | None = None) -> tuple[Tensor, Any]:
+    """One token: x_t (B, I) -> ``(y_t, state)``; O(1) in the sequence length.
+    ``time_step`` (B,): the token's sampling interval (irregular time), default 1."""
     if not isinstance(x_t, Tensor) or x_t.dim() != 2:
         raise ValueError(f"{type(block).__name__}.step: x_t must be a (B, I) tensor (one token), "
                          f"got {_shape(x_t)}; use forward() for (B, L, I) sequences")
-    out, final, _ = run(block, x_t.unsqueeze(1), state)
+    ts = None if time_step is None else time_step.reshape(-1, 1)
+    out, final, _ = run(block, x_t.unsqueeze(1), state, time_steps=ts)
     return out[:, 0], final
 
 
@@ -444,7 +561,7 @@ class Characteristics:
 
     def __init__(self, block: Any, states: Tensor, outputs: Tensor,
                  drives: list[dict[str, Tensor]], seq: dict[str, Tensor],
-                 pre_states: list[Any]):
+                 pre_states: list[Any], time_steps: Tensor | None = None):
         self.block = block
         self.flow_shape = tuple(states.shape[2:])
         self.states = states.flatten(2)
@@ -453,7 +570,9 @@ class Characteristics:
         self.order = get_scheme(self.scheme).order
         self._drives, self._seq, self._pre = drives, seq, pre_states
         # Δ_k from the token's start state on the block's own trajectory, held over the token
-        self._steps = [block.spec.step(float(k), states[:, k], d) for k, d in enumerate(drives)]
+        self._steps = [block.spec.step(float(k), states[:, k], d)
+                       * _time_scale(time_steps, k, states[:, k]) for k, d in enumerate(drives)]
+        self._carried = get_scheme(self.scheme).carries_input
 
     @property
     def length(self) -> int:
@@ -467,9 +586,22 @@ class Characteristics:
                              f"got {tuple(h.shape)}")
         return h.reshape(h.shape[0], *self.flow_shape)
 
-    def rhs(self, k: int, h: Tensor) -> Tensor:
-        """``dh/dτ = Δ_k ⊙ F(h; d_k)`` (B, S) for token k, τ ∈ [0, 1]."""
+    def _input_at(self, k: int, tau: float) -> tuple[Tensor, Tensor]:
+        """``(a, b(τ))``: the affine field of token k with its input interpolated linearly
+        from the previous token's (τ = 0) to this token's (τ = 1) — the flow a carried-input
+        scheme discretizes."""
+        d = self._drives[k]
+        a, b = self.block.spec.hamiltonian.affine(float(k), d)
+        prev = d["previous_input"]
+        return a, prev + tau * (b - prev)
+
+    def rhs(self, k: int, h: Tensor, tau: float = 0.0) -> Tensor:
+        """``dh/dτ = Δ_k ⊙ F(h; d_k)`` (B, S) for token k, τ ∈ [0, 1]. Under a scheme that
+        carries the input, ``F = a ⊙ h + b(τ)`` with b interpolated across the token."""
         hh, d = self._unflat(k, h), self._drives[k]
+        if self._carried:
+            a, b = self._input_at(k, tau)
+            return (self._steps[k] * (a * hh + b)).flatten(1)
         return (self._steps[k] * self.block.spec.hamiltonian.velocity(float(k), hh, d)
                 ).flatten(1)
 
@@ -482,6 +614,15 @@ class Characteristics:
         if not (isinstance(m, int) and m >= 1):
             raise ValueError(f"m (number of substeps) must be an int >= 1, got {m!r}")
         hh, d = self._unflat(k, h), self._drives[k]
+        if self._carried:  # each substep mixes the interpolated input at its two ends
+            scheme = get_scheme(self.scheme)
+            for j in range(m):
+                a, b0 = self._input_at(k, j / m)
+                _, b1 = self._input_at(k, (j + 1) / m)
+                decay, inp = scheme.combine(a, self._steps[k] / m, b0, b1,
+                                            d.get("trap", 0.5))
+                hh = decay * hh + inp
+            return hh.flatten(1)
         for j in range(m):
             hh = _one_step(self.block, hh, d, k + j / m, dt=self._steps[k], scale=1.0 / m)
         return hh.flatten(1)
@@ -494,14 +635,18 @@ class Characteristics:
         return self.block.finish(y.unsqueeze(1), seq_k)[:, 0]
 
 
-def characteristics(block: Any, x: Tensor, initial_state: Any = None) -> Characteristics:
-    """Run ``block`` deterministically over x (B, L, I) and return its
-    :class:`Characteristics` (module docstring)."""
-    state = _start(block, x, initial_state)
-    res = loop(block, x, state, None, return_states=True, record=True)
-    return Characteristics(block, res.states, res.out, res.drives, res.seq, res.pre_states)
+def characteristics(block: Any, x: Tensor, initial_state: Any = None,
+                    time_steps: Tensor | None = None) -> Characteristics:
+    """Run ``block`` deterministically over x (B, L, I) (with irregular ``time_steps``
+    (B, L) if given) and return its :class:`Characteristics` (module docstring)."""
+    state, prev = _start(block, x, initial_state, time_steps)
+    res = loop(block, x, state, None, return_states=True, record=True, previous_input=prev,
+               time_steps=time_steps)
+    return Characteristics(block, res.states, res.out, res.drives, res.seq, res.pre_states,
+                           time_steps)
 
 
 __all__ = ["register_kernel", "find_kernel", "fused_path", "tokenwise", "linear_scan_path",
            "ssd_path", "run", "step", "loop", "draw_noise", "characteristics",
-           "Characteristics", "LoopResult", "BLOCK_BACKENDS", "check_backend", "DriveKeyError"]
+           "Characteristics", "LoopResult", "BLOCK_BACKENDS", "check_backend", "DriveKeyError",
+           "CarriedState", "carries_input"]

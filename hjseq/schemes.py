@@ -14,6 +14,8 @@ zoh           e^{Δa} h + Δ φ₁(Δa) b   for F = a⊙h + b (b held)          
 euler_b       e^{Δa} h + Δ b          (Mamba's discretization)            affine    1
 hopf_cole     h + 2Δ p  for H = |p|² (exact: ṗ = 0); values and Gibbs      quadratic exact
               weights by the Hopf–Cole closed form (``hjseq.hopf``)
+exp_          e^{Δa} h + Δ[(1 − λ) e^{Δa} b_{k−1} + λ b_k], λ = drive     affine    2
+trapezoidal   "trap" (default ½): Mamba-3's rule; carries b_{k−1}
 ============  ==========================================================  ========  ======
 
 For an affine field every scheme but ``hopf_cole`` is a linear map
@@ -21,6 +23,12 @@ For an affine field every scheme but ``hopf_cole`` is a linear map
 paths (``linear_scan``, ``ssd``) run any affine Hamiltonian under any of these schemes
 from that one method, so a new scheme is one entry here and works for every Hamiltonian
 of the structure it needs.
+
+``exp_trapezoidal`` is the trapezoid rule on the variation-of-constants integral
+``∫₀^Δ e^{(Δ−s)a} b(s) ds`` with the input interpolated linearly between the ends of the
+token, so it is second order (λ = ½) for that flow; λ = 1 is ``euler_b``. It is the one
+scheme that ``carries_input``: the engine keeps the previous token's input term b_{k−1} in
+the state (``hjseq.engine.CarriedState``), and the decoding step carries it.
 
 ``zoh`` and ``euler_b`` agree to O(Δ²) per step: both multiply h by e^{Δa}; the input terms
 ``Δ φ₁(Δa) b`` and ``Δ b`` differ by ``Δ² a b / 2 + O(Δ³)``.
@@ -49,6 +57,7 @@ class Scheme:
     name: str = ""
     order: float = 1
     needs: str = "velocity"
+    carries_input: bool = False  # the step reads the previous token's input term
 
     def check(self, hamiltonian: "Hamiltonian") -> None:
         """Raise if ``hamiltonian`` does not declare the structure this scheme needs."""
@@ -146,6 +155,31 @@ class EulerB(ZOH):
         return torch.exp(torch.as_tensor(dt * a)), dt
 
 
+class ExpTrapezoidal(ZOH):
+    """Exponential-trapezoidal (Mamba-3's discretization): ``h ← e^{Δa} h + Δ[(1 − λ)
+    e^{Δa} b_{k−1} + λ b_k]`` with ``λ`` = ``drive["trap"]`` (default ½) and ``b_{k−1}`` =
+    ``drive["previous_input"]`` (the engine supplies it). Second order for the linear flow
+    with the input interpolated linearly across the token; λ = 1 is ``euler_b``."""
+
+    name, order, carries_input = "exp_trapezoidal", 2, True
+
+    def step(self, hamiltonian: "Hamiltonian", dt: Step, t: float, h: Tensor,
+             drive: "Drive") -> Tensor:
+        a, b = hamiltonian.affine(t, drive)
+        decay, inp = self.combine(a, dt, drive["previous_input"], b, drive.get("trap", 0.5))
+        return decay * h + inp
+
+    @staticmethod
+    def combine(a: Tensor | float, dt: Step, b_prev: Tensor, b: Tensor,
+                lam: Tensor | float = 0.5) -> tuple[Tensor, Tensor]:
+        """``(e^{Δa}, Δ[(1 − λ) e^{Δa} b_prev + λ b])``: the decay and the input term."""
+        decay = torch.exp(torch.as_tensor(dt * a))
+        return decay, dt * ((1 - lam) * decay * b_prev + lam * b)
+
+    def discrete_affine(self, a: Tensor | float, dt: Step) -> tuple[Tensor, Step]:
+        raise NotImplementedError("exp_trapezoidal mixes two tokens' inputs: use combine()")
+
+
 class HopfCole(Scheme):
     """Exact scheme for ``H = |p|²``. Characteristics are straight lines (``ṗ = 0``):
     ``step`` returns ``h + 2Δ p`` (p = ``drive["p"]``). The value function and the
@@ -170,7 +204,7 @@ class HopfCole(Scheme):
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (Euler(), GatedEuler(), ZOH(), EulerB(),
-                                                  HopfCole())}
+                                                  ExpTrapezoidal(), HopfCole())}
 
 
 OP_SCHEMES: tuple[str, ...] = ("euler_b", "zoh")
@@ -202,5 +236,5 @@ def register_scheme(scheme: Scheme) -> None:
     SCHEMES[scheme.name] = scheme
 
 
-__all__ = ["Scheme", "Euler", "GatedEuler", "ZOH", "EulerB", "HopfCole", "SCHEMES", "OP_SCHEMES",
+__all__ = ["Scheme", "Euler", "GatedEuler", "ZOH", "EulerB", "ExpTrapezoidal", "HopfCole", "SCHEMES", "OP_SCHEMES",
            "get_scheme", "schemes_for", "register_scheme"]

@@ -55,20 +55,26 @@ class RecurrentBlock(nn.Module):
 
     # ------------------------------------------------------------------ public API
     def forward(self, x: Tensor, initial_state: State | None = None,
-                return_final_state: bool = False) -> Union[Tensor, tuple[Tensor, State]]:
+                return_final_state: bool = False, dt: Tensor | None = None
+                ) -> Union[Tensor, tuple[Tensor, State]]:
         """x (B, L, I) -> out (B, L, ·) ((L, B, ·) when ``batch_first`` is False), and the
         final state if ``return_final_state``. ``initial_state``: same format as the final
-        state (zeros if None)."""
+        state (zeros if None). ``dt`` (B, L) (same layout as x's first two axes): irregular
+        time — each token's sampling interval, multiplying the block's step Δ (the HJ time
+        warp); every scheme keeps its order in the real time."""
         if not self.batch_first:
             x = _seq_first(self, x)
-        out, final, _ = engine.run(self, x, initial_state)
+            dt = None if dt is None else dt.transpose(0, 1)
+        out, final, _ = engine.run(self, x, initial_state, time_steps=dt)
         if not self.batch_first:
             out = out.transpose(0, 1)
         return (out, final) if return_final_state else out
 
-    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """One token x_t (B, I) -> ``(y_t, state)`` (O(1) decoding; ``state=None`` is zeros)."""
-        return engine.step(self, x_t, state)
+    def step(self, x_t: Tensor, state: State | None = None,
+             dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """One token x_t (B, I) -> ``(y_t, state)`` (O(1) decoding; ``state=None`` is zeros;
+        ``dt`` (B,): the token's sampling interval)."""
+        return engine.step(self, x_t, state, dt)
 
     def trajectory(self, x: Tensor, initial_state: State | None = None) -> tuple[Tensor, Tensor]:
         """``(out, states)``: outputs and the flow-state trajectory (B, L+1, *F) (reference
@@ -76,10 +82,11 @@ class RecurrentBlock(nn.Module):
         out, _, states = engine.run(self, x, initial_state, return_states=True)
         return out, states
 
-    def characteristics(self, x: Tensor, initial_state: State | None = None
-                        ) -> engine.Characteristics:
-        """The characteristics view for the solver (x (B, L, I)); see :mod:`hjseq.engine`."""
-        return engine.characteristics(self, x, initial_state)
+    def characteristics(self, x: Tensor, initial_state: State | None = None,
+                        dt: Tensor | None = None) -> engine.Characteristics:
+        """The characteristics view for the solver (x (B, L, I), irregular time steps dt
+        (B, L) if given); see :mod:`hjseq.engine`."""
+        return engine.characteristics(self, x, initial_state, dt)
 
     def fused_path(self) -> str:
         """Which path ``forward`` takes under this block's spec: "closed_form", "ssd",
@@ -310,12 +317,14 @@ class TorchCell(RecurrentBlock):
                 + (", torch_api=True" if self.torch_api else ""))
 
     def forward(self, x: Tensor, initial_state: State | None = None,
-                return_final_state: bool = False) -> Union[Tensor, tuple[Tensor, State]]:
+                return_final_state: bool = False, dt: Tensor | None = None
+                ) -> Union[Tensor, tuple[Tensor, State]]:
         if self.torch_api:
-            return self._torch_forward(x, initial_state)
-        return super().forward(x, initial_state, return_final_state)
+            return self._torch_forward(x, initial_state, dt)
+        return super().forward(x, initial_state, return_final_state, dt)
 
-    def _torch_forward(self, x: Tensor, hx: Any) -> tuple[Tensor, Any]:
+    def _torch_forward(self, x: Tensor, hx: Any, dt: Tensor | None = None
+                       ) -> tuple[Tensor, Any]:
         """torch.nn.{RNN,GRU,LSTM}'s call: input (L, B, I)/(B, L, I)/(L, I), hx (1, B, H)."""
         name = type(self).__name__
         if not isinstance(x, Tensor) or x.dim() not in (2, 3):
@@ -337,7 +346,9 @@ class TorchCell(RecurrentBlock):
                                      f"(num_layers=1, batch, hidden), got {engine._shape(t)}")
             squeezed = tuple(t.reshape(xb.shape[0], self.hidden_size) for t in parts)
             state = squeezed if lstm else squeezed[0]
-        out, final, _ = engine.run(self, xb, state)
+        if dt is not None:  # irregular time, in the input's layout
+            dt = dt.unsqueeze(0) if unbatched else (dt if self.batch_first else dt.transpose(0, 1))
+        out, final, _ = engine.run(self, xb, state, time_steps=dt)
         if unbatched:
             out = out[0]
         elif not self.batch_first:

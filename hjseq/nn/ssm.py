@@ -178,16 +178,25 @@ class HJMamba(RecurrentBlock):
 
 
 def selective_scan_kernel(block: HJMamba, x: Tensor, state: State, noise: Tensor | None,
-                          backend: str) -> tuple[Tensor, State]:
+                          backend: str, time_steps: Tensor | None = None
+                          ) -> tuple[Tensor, State]:
     """Closed-form kernel of exactly HJMamba with ``LinearSSM`` under ``euler_b``/``zoh``
     (registered in :mod:`hjseq.catalog`): its drive through ``hjseq.ops.selective_scan``
     (noise is never drawn for this block: its viscosity is 0)."""
     seq, const, (conv_state, ssm_state) = block.prepare(x, state)
     tr = lambda t: t.transpose(1, 2)  # (B, L, ·) -> (B, ·, L), mamba-ssm's layout
-    y, h = selective_scan(tr(seq["u"]), tr(seq["delta"]), const["A"], tr(seq["B"]),
+    delta, bias, softplus = seq["delta"], const["delta_bias"], True
+    if time_steps is not None:  # irregular time: Δ = softplus(·) · dt_k, applied here
+        acc = const["A"].dtype
+        delta = F.softplus(delta.to(acc) + bias) * time_steps.to(acc).unsqueeze(-1)
+        bias, softplus = None, False
+    y, h = selective_scan(tr(seq["u"]), tr(delta), const["A"], tr(seq["B"]),
                           tr(seq["C"]), const["D"], z=tr(seq["z"]),
-                          delta_bias=const["delta_bias"], delta_softplus=True,
+                          delta_bias=bias, delta_softplus=softplus,
                           initial_state=ssm_state, return_final_state=True,
                           scheme=block.scheme, backend=backend)
     return block.out_proj(tr(y).to(x.dtype)), (conv_state, h)
+
+
+selective_scan_kernel.supports_time_steps = True
 

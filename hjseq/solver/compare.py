@@ -24,7 +24,6 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .characteristics import integrate_field
 from .ode import integrate
 
 
@@ -165,10 +164,11 @@ class CompareReport:
 
 def compare(block: Any, x: Tensor, refinements: Sequence[int] = (1, 2, 4, 8, 16),
             initial_state: Any = None, method: str = "dopri5", rtol: float = 1e-10,
-            atol: float = 1e-12) -> CompareReport:
+            atol: float = 1e-12, dt: Tensor | None = None) -> CompareReport:
     """Discrete trajectory of ``block`` on x (B, L, I) vs its characteristic ODE (module
     docstring). ``block`` must have ``characteristics(x, initial_state)`` (every hjseq
-    recurrent block). ``refinements``: distinct ints ≥ 1 (substeps per token)."""
+    recurrent block). ``refinements``: distinct ints ≥ 1 (substeps per token). ``dt``
+    (B, L): irregular time steps (each token's sampling interval), passed to the block."""
     if not hasattr(block, "characteristics"):
         raise TypeError(f"compare: block must have characteristics(x, initial_state) (a hjseq "
                         f"recurrent block), got {type(block).__name__}")
@@ -176,19 +176,23 @@ def compare(block: Any, x: Tensor, refinements: Sequence[int] = (1, 2, 4, 8, 16)
     if not refinements or any(m < 1 for m in refinements) or len(set(refinements)) != len(refinements):
         raise ValueError(f"refinements must be distinct ints >= 1, got {refinements}")
     with torch.no_grad():
-        view = block.characteristics(x, initial_state)
+        view = (block.characteristics(x, initial_state) if dt is None
+                else block.characteristics(x, initial_state, dt))
         states = view.states.detach()
         B, L1, S = states.shape
         L = L1 - 1
         ode = {"method": method, "rtol": rtol, "atol": atol}
-        flow = lambda k, h: integrate_field(lambda y: view.rhs(k, y), h, method, rtol, atol)  # noqa: E731
+        def flow(k: int, h: Tensor) -> Tensor:  # τ ∈ [0, 1]; rhs may depend on τ
+            return integrate(lambda s, y: view.rhs(k, y, s), h, [0.0, 1.0], method=method,
+                             rtol=rtol, atol=atol).ys[-1]
+
         local = torch.stack([(states[:, k + 1] - flow(k, states[:, k])).abs().amax()
                              for k in range(L)]) if L else states.new_zeros(0)
         # the chained exact flow, sampled DENSE times per token for plotting
         cont, dense = [states[:, 0]], [states[:, :1]]
         taus = [i / DENSE for i in range(DENSE + 1)]
         for k in range(L):
-            ys = integrate(lambda s, y, k=k: view.rhs(k, y), cont[-1], taus, method=method,
+            ys = integrate(lambda s, y, k=k: view.rhs(k, y, s), cont[-1], taus, method=method,
                            rtol=rtol, atol=atol).ys  # (DENSE+1, B, S)
             cont.append(ys[-1])
             dense.append(ys[1:].transpose(0, 1))
