@@ -490,9 +490,10 @@ def _sample(model: HJLM, cfg: TrainConfig, tok: Tokenizer, prompt: str = "def ")
     counted per token with a subword tokenizer)."""
     from hjseq.models.generate import generate
 
-    n = max(1, round(cfg.sample_chars / max(float(tok.byte_lengths.float().mean()), 1.0)))
-    ids = generate(model, tok.encode(prompt), n if not isinstance(tok, ByteTokenizer)
-                   else cfg.sample_chars, temperature=0.8, top_k=None, top_p=0.95, seed=cfg.seed)
+    per_token = 1.0 if isinstance(tok, ByteTokenizer) else float(tok.byte_lengths.float().mean())
+    n = max(1, round(cfg.sample_chars / max(per_token, 1.0)))
+    ids = generate(model, tok.encode(prompt), n, temperature=0.8, top_k=None, top_p=0.95,
+                   seed=cfg.seed)
     return tok.decode(tok.encode(prompt) + ids)
 
 
