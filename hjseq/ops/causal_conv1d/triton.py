@@ -290,7 +290,8 @@ class _CausalConvFn(torch.autograd.Function):
                 cu_seqlens if run.varlen else x, dy, dfin, dx, dwb, run.dim, run.L, run.n_t,
                 *x.stride(), *weight.stride(), *hs.stride(), *dy.stride(), *dx.stride(),
                 W=run.W, BLOCK_D=run.block_d, T=run.T, HAS_BIAS=bias is not None,
-                HAS_H0=h0 is not None, VARLEN=run.varlen, SILU=ctx.silu, ACC=tl_dtype(run.acc))
+                HAS_H0=h0 is not None, VARLEN=run.varlen, SILU=ctx.silu, ACC=tl_dtype(run.acc),
+                num_warps=8)  # W recomputed pre tiles live at once: 4 warps spill (ptxas)
         else:
             dwb.zero_()
         if h0 is not None and run.W > 1:

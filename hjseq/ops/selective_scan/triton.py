@@ -403,8 +403,8 @@ class _Meta:
 
     On CUDA the time tile is 32 steps for N ≤ 32 and 16 above; the forward's
     (BLOCK_D, T, N) tile holds up to 4K elements over 8 warps, the heavier backward's up to
-    1K over 4 warps (2K or more over 8 at N ≥ 128), so that its ~10 live tile-sized values
-    fit in registers. ``benchmarks/bench_gpu.py --registers`` prints what ptxas reports for
+    1K over 8 warps (2K at N ≥ 128), so that its ~10 live tile-sized values fit in
+    registers. ``benchmarks/bench_gpu.py --registers`` prints what ptxas reports for
     these choices at N = 16, 64, 128; no GPU has timed them yet. Tile loops prefetch with
     ``num_stages=2``. Under the interpreter larger tiles mean fewer numpy steps.
     """
@@ -424,7 +424,7 @@ class _Meta:
             self.block_d_fwd = max(1, min(dg, 8, 4096 // tn))
             self.block_d_bwd = max(1, min(dg, 4, 1024 // tn))
             self.warps_fwd = 8
-            self.warps_bwd = 4 if self.block_n <= 32 else 8
+            self.warps_bwd = 8
             self.stages = 2
         else:
             self.T = pick_tile(self.L, cap=64)
