@@ -55,24 +55,32 @@ def test_state_dict_layout(kw):
     m.load_state_dict({k: torch.randn(s) for k, s in got.items()}, strict=True)
 
 
-def _mamba3_module():
+@pytest.fixture
+def mamba_ssm_mamba3():
+    """mamba_ssm.modules.mamba3 (and its gated RMSNorm module) imported on a CPU, with empty
+    stand-ins for mamba-ssm's compiled modules; all of it is taken out of sys.modules
+    afterwards, so later tests (transformers' Mamba) do not pick mamba-ssm's CUDA kernels."""
+    before = set(sys.modules)
     for name in ("selective_scan_cuda", "causal_conv1d_cuda"):
         sys.modules.setdefault(name, types.ModuleType(name))
     import mamba_ssm.modules.mamba3 as M
     from mamba_ssm.ops.triton import layernorm_gated as LG
-    return M, LG
+    yield M, LG
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("mamba_ssm", "selective_scan_cuda", "causal_conv1d_cuda"):
+            del sys.modules[name]
 
 
 @pytest.mark.skipif(not HAVE_MAMBA, reason="mamba-ssm is not installed (CI installs it)")
 @pytest.mark.parametrize("kw", [{}, {"ngroups": 2, "is_outproj_norm": True},
                                 {"rope_fraction": 1.0}])
-def test_loads_mamba_ssm_mamba3_and_matches_its_forward(monkeypatch, kw):
+def test_loads_mamba_ssm_mamba3_and_matches_its_forward(monkeypatch, mamba_ssm_mamba3, kw):
     """mamba-ssm's own Mamba3.forward on CPU, with its two GPU-only calls replaced by pure
     torch: the Triton RMSNorm by its ``rms_norm_ref``, the Mamba-3 kernel by hjseq's
     sequential ``mamba3_siso`` reference (tested against mamba-ssm's test reference in
     tests/ops/test_mamba3_siso.py). So this checks the block around the op: split order,
     norms, biases, A floor, Δ, angles, gate, projections."""
-    M, LG = _mamba3_module()
+    M, LG = mamba_ssm_mamba3
     monkeypatch.setattr(M, "mamba3_siso_combined",
                         lambda **a: mamba3_siso(**a, backend="ref"))
     monkeypatch.setattr(LG.RMSNorm, "forward", lambda self, x, z=None: LG.rms_norm_ref(
