@@ -226,11 +226,12 @@ class HJMamba3(RecurrentBlock):
         return state[0], h, state[2], state[3]
 
     # ------------------------------------------------------------------ projections
-    def project(self, u: Tensor) -> dict[str, Tensor]:
+    def project(self, u: Tensor, time_steps: Tensor | None = None) -> dict[str, Tensor]:
         """in_proj and the per-token quantities of the ``mamba3_siso`` call (mamba-ssm's
         layouts, (B, L, ·) first): z, x (B, L, H, P); B, C (B, L, G, N) normalised; DT, ADT,
         trap (B, L, H) (trap before the sigmoid; λ = 1 sends it to +inf); angles
-        (B, L, H, A) (the rates θ before π·tanh)."""
+        (B, L, H, A) (the rates θ before π·tanh). ``time_steps`` (B, L) (irregular time)
+        multiplies Δ, so the decay, the input weights and the angle advance all follow it."""
         Bsz, L, _ = u.shape
         H, P, N, G, A = (self.nheads, self.headdim, self.d_state, self.ngroups,
                          self.num_rope_angles)
@@ -239,6 +240,8 @@ class HJMamba3(RecurrentBlock):
         acc = accumulation_dtype(u.dtype)
         a = -F.softplus(dd_A.to(acc)).clamp(min=self.A_floor)
         DT = F.softplus(dd_dt.to(acc) + self.dt_bias.to(acc))
+        if time_steps is not None:
+            DT = DT * time_steps.to(acc)[..., None]
         if not self.trapezoidal:
             trap = torch.full_like(trap, float("inf"))
         return {"z": z.reshape(Bsz, L, H, P), "x": x.reshape(Bsz, L, H, P),
@@ -261,6 +264,30 @@ class HJMamba3(RecurrentBlock):
         if self.is_outproj_norm:
             y = self.norm(y, z.reshape(*z.shape[:2], self.d_inner))
         return self.out_proj(y.to(dtype))
+
+    # ------------------------------------------------------------------ irregular time
+    def _check_time_path(self) -> None:
+        # the drive's angle advance and trapezoid weight depend on Δ, and the engine scales
+        # only the step rule's Δ by dt on its own paths: irregular time runs on the op
+        if self.backend == "loop" or (self.training and self.spec.stochastic):
+            raise ValueError("HJMamba3: irregular time (dt) runs through the fused "
+                             "mamba3_siso op only; use backend='auto' (or an op backend) "
+                             "and no viscosity noise")
+
+    def forward(self, x: Tensor, initial_state: State | None = None,
+                return_final_state: bool = False, dt: Tensor | None = None):
+        """As :meth:`RecurrentBlock.forward`; ``dt`` (B, L) multiplies Δ (decay, input
+        weights and angle advance), through the fused op."""
+        if dt is not None:
+            self._check_time_path()
+        return super().forward(x, initial_state, return_final_state, dt)
+
+    def step(self, x_t: Tensor, state: State | None = None,
+             dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """As :meth:`RecurrentBlock.step`; ``dt`` (B,) is the token's sampling interval."""
+        if dt is not None:
+            self._check_time_path()
+        return super().step(x_t, state, dt)
 
     # ------------------------------------------------------------------ engine hooks
     def prepare(self, x: Tensor, state: State
@@ -301,18 +328,21 @@ class HJMamba3(RecurrentBlock):
 
 
 def mamba3_kernel(block: HJMamba3, x: Tensor, state: State, noise: Tensor | None,
-                  backend: str) -> tuple[Tensor, State]:
+                  backend: str, time_steps: Tensor | None = None) -> tuple[Tensor, State]:
     """Closed-form kernel of exactly HJMamba3 (``RotatingSSM`` or ``TrapezoidalRotatingSSM``
     under ``euler_b``; registered in :mod:`hjseq.catalog`): the fused op
     ``hjseq.ops.mamba3_siso`` from the block's state. With noise (ε > 0 while training) it
     declines: the engine's ``linear_scan`` path adds the noise to the state."""
     if noise is not None:
         raise BackendUnavailable("mamba3_siso has no noise term (viscosity > 0)")
-    pr = block.project(x)
+    pr = block.project(x, time_steps)
     args = block.op_args(pr)
     y, *final = mamba3_siso(**args, Input_States=tuple(state), return_final_states=True,
                             backend=backend)
     return block.output(y, pr["z"], x.dtype), tuple(final)
+
+
+mamba3_kernel.supports_time_steps = True  # irregular time: Δ·dt_k inside project()
 
 
 __all__ = ["HJMamba3", "RotatingSSM", "TrapezoidalRotatingSSM", "mamba3_kernel"]

@@ -193,6 +193,33 @@ def test_characteristics_euler_b_is_first_order(trapezoidal):
                                    m(u, return_final_state=True)[1][1], rtol=1e-10, atol=1e-12)
 
 
+def test_irregular_time_multiplies_delta():
+    """dt (B, L) multiplies Δ (so ADT and the angle advance) in the op; dt = 1 changes
+    nothing; stepping with per-token dt equals the forward; the loop refuses dt."""
+    m = small()
+    u = torch.randn(2, 6, 32, dtype=f64)
+    ts = 0.2 + 2 * torch.rand(2, 6, dtype=f64)
+    with torch.no_grad():
+        y, final = m(u, return_final_state=True, dt=ts)
+        pr = m.project(u)
+        args = m.op_args(pr)
+        scale = ts[:, None, :]  # (B, 1, L) against DT, ADT (B, H, L)
+        args.update(DT=args["DT"] * scale, ADT=args["ADT"] * scale)
+        want, *want_final = mamba3_siso(**args, return_final_states=True, backend="ref")
+        torch.testing.assert_close(y, m.output(want, pr["z"], u.dtype), rtol=1e-10, atol=1e-11)
+        for a, b in zip(final, want_final):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+        torch.testing.assert_close(m(u, dt=torch.ones(2, 6, dtype=f64)), m(u),
+                                   rtol=1e-12, atol=1e-12)
+        state = None
+        for t in range(6):
+            yt, state = m.step(u[:, t], state, dt=ts[:, t])
+            torch.testing.assert_close(yt, y[:, t], rtol=1e-10, atol=1e-11)
+    m.backend = "loop"
+    with pytest.raises(ValueError, match="irregular time"):
+        m(u, dt=ts)
+
+
 def test_hjlm_kind_mamba3():
     model = HJLM({"d_model": 32, "blocks": [
         {"kind": "mamba3", "d_state": 16, "headdim": 8, "chunk_size": 8}, {"kind": "lse"}]})
