@@ -84,11 +84,12 @@ def _mamba_chunk_scan():
     return mamba_chunk_scan_combined, None
 
 
-def _case(op: str, shape: tuple[int, ...], grad: bool
+def _case(op: str, shape: tuple[int, ...], grad: bool, dev: str = "cuda"
           ) -> tuple[dict[str, tuple[Callable | None, str | None]], int]:
-    """``{backend: (call, reason)}`` on fresh CUDA inputs, and the bytes the op must move
-    (inputs read + output written). Each call returns the output tensor."""
-    dev, bf = "cuda", torch.bfloat16
+    """``{backend: (call, reason)}`` on fresh inputs (CUDA; the CPU for a smoke test of the
+    calls under the Triton interpreter), and the bytes the op must move (inputs read +
+    output written). Each call returns the output tensor."""
+    bf = torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
 
     def r(*s, dtype=bf, scale=1.0, rg=grad):

@@ -52,3 +52,30 @@ def test_benchmark_rows_cover_the_first_gpu_run():
     assert any(s[0] == 1 for s in full["linear_scan"])                   # small batch
     assert any(s[0] == 1 for s in full["causal_conv1d"])
     assert full["selective_state_update"] and full["ssd"] and full["mamba3_siso"]
+
+
+# tiny versions of every benchmark row, so the calls gpu_check times are checked here
+TINY = {"selective_scan": (1, 4, 40, 4), "linear_scan": (1, 4, 40),
+        "causal_conv1d": (1, 4, 40, 4), "selective_state_update": (2, 4, 4),
+        "ssd": (1, 64, 2, 4, 8), "mamba3_siso": (1, 64, 2, 4, 8)}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU smoke test of the benchmark calls")
+@pytest.mark.parametrize("op", sorted(TINY))
+def test_every_benchmark_call_runs(op):
+    """Each row's call, forward and forward+backward, on tiny CPU inputs through the
+    Triton backend (interpreter); a backend that cannot run here must give its reason."""
+    pytest.importorskip("triton")
+    mod = _load("bench_gpu")
+    assert set(TINY) == set(mod.FULL)
+    for mode in ("fwd",) if op in mod.FWD_ONLY else ("fwd", "fwd+bwd"):
+        calls, moved = mod._case(op, TINY[op], grad=mode == "fwd+bwd", dev="cpu")
+        assert moved > 0 and set(calls) == set(mod.BACKENDS[op])
+        call, why = calls["triton"]
+        assert call is not None, why
+        y = call()
+        assert torch.isfinite(y.float()).all()
+        if mode == "fwd+bwd":
+            y.backward(torch.ones_like(y))
+        for name, (c, reason) in calls.items():
+            assert c is not None or reason, name
