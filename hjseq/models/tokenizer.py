@@ -236,11 +236,13 @@ def load_tokenizer(directory: str | Path) -> Tokenizer | None:
             hf = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         except Exception as e:
             raise TokenizerError(f"{directory}/tokenizer_config.json: transformers cannot build "
-                                 f"its tokenizer ({str(e)[:160]})") from None
+                                 f"its tokenizer ({' '.join(str(e).split())[:160]})") from None
         backend = getattr(hf, "backend_tokenizer", None)
-        if backend is None:
-            raise TokenizerError(f"{directory}: the tokenizer there has no fast (tokenizers) "
-                                 "backend; save it with tokenizer.json")
+        if backend is None or backend.get_vocab_size(with_added_tokens=True) < 2:
+            # transformers builds an empty tokenizer when the files the config names are absent
+            raise TokenizerError(f"{directory}: tokenizer_config.json is there but transformers "
+                                 "builds no vocabulary from it (no tokenizer.json, vocab/merges "
+                                 "files or fast backend); save the tokenizer's tokenizer.json there")
         return HFTokenizer(backend, "hf")
     return None
 

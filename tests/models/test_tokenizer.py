@@ -149,3 +149,16 @@ def test_hf_byte_level_tokenizer_generation_matches_transformers(tmp_path, capsy
     assert cli(["generate", "--checkpoint", str(d), "--prompt", prompt, "-n", "6",
                 "--temperature", "0"]) == 0
     assert capsys.readouterr().out == tok.decode(want) + "\n"
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed (it reads "
+                    "tokenizer_config.json-only directories)")
+def test_tokenizer_config_without_vocabulary_is_refused(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_bpe(TEXT.encode(), 300)
+    PreTrainedTokenizerFast(tokenizer_object=tok.tok).save_pretrained(tmp_path)
+    assert load_tokenizer(tmp_path).encode(TEXT[:40]) == tok.encode(TEXT[:40])
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(TokenizerError, match="cannot build its tokenizer|builds no vocabulary"):
+        load_tokenizer(tmp_path)
