@@ -263,8 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.bpb_checkpoint:
         res["bpb"] = weight_format_bpb(args.bpb_checkpoint)
 
-    llama_exe, llama_note = (None, "--no-llama-cpp") if args.no_llama_cpp else \
-        llama_cpp_build(args.llama_build_timeout)
+    if args.no_llama_cpp:
+        llama_exe, llama_note = None, "--no-llama-cpp"
+    elif args.quick and not sorted(CACHE.glob("llama_cpp_python-*/vendor/llama.cpp/build/bin/"
+                                              "llama-bench")):
+        llama_exe, llama_note = None, "--quick does not build llama.cpp (no cached build)"
+    else:
+        llama_exe, llama_note = llama_cpp_build(args.llama_build_timeout)
     print(f"llama.cpp: {llama_note}")
     res["llama_cpp"] = llama_note
 
@@ -325,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"{ours / v[1]:.2f}x")
         rows.append(row)
     res["rows"] = rows
+    res["records"] = [  # benchmarks/run.py's combined table
+        {"op": "decode step", "shape": f"{r['shape']} B={B}", "dtype": fmt,
+         "backend": "fused cpu", "median_ms": 1000 * B / e[fmt]["tok_s"], "runs": 1,
+         "ratio_vs": {"HF": e[fmt]["tok_s"] / e["hf"]},
+         "extra": {"tok_s": e[fmt]["tok_s"], "bound_fraction": e[fmt]["bound_fraction"]}}
+        for r in rows for B, e in r["decode"].items() for fmt in FORMATS]
     res["load_avg_at_end"] = os.getloadavg()[0]
     print(f"\nload average at end {res['load_avg_at_end']:.1f}")
     if args.json:
