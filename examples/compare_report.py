@@ -3,7 +3,8 @@
     python examples/compare_report.py                       # writes examples/compare_report.{md,png,json}
     python examples/compare_report.py --out-dir out/ --block HJGRU --length 12
 
-For each block (HJRNN, HJGRU, HJLSTM, HJMamba and HJMamba2 with euler_b and zoh; float64, random weights,
+For each block (HJRNN, HJGRU, HJLSTM, HJMamba and HJMamba2 with euler_b, zoh and
+exp_trapezoidal; float64, random weights,
 a random input) ``hjseq.solver.compare`` integrates the per-token ODE with dopri5 at
 rtol 1e-10 and subdivides each token's step m times. The summary table gives the declared
 and observed orders and the errors; the plot (of ``--block``) shows discrete vs continuous
@@ -38,6 +39,10 @@ def build_blocks(seed: int) -> dict[str, torch.nn.Module]:
         "HJMamba2 (euler_b)": HJMamba2(4, d_state=4, d_conv=3, headdim=4, backend="loop"),
         "HJMamba2 (zoh)": HJMamba2(4, d_state=4, d_conv=3, headdim=4, scheme="zoh",
                                    backend="loop"),
+        "HJMamba (exp_trapezoidal)": HJMamba(4, d_state=4, d_conv=3, expand=2,
+                                             scheme="exp_trapezoidal", backend="loop"),
+        "HJMamba2 (exp_trapezoidal)": HJMamba2(4, d_state=4, d_conv=3, headdim=4,
+                                               scheme="exp_trapezoidal", backend="loop"),
     }
 
 
