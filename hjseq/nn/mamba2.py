@@ -243,15 +243,18 @@ class HJMamba2(RecurrentBlock):
         return self.out_proj(y.to(z.dtype))
 
     # ------------------------------------------------------------------ decoding
-    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def step(self, x_t: Tensor, state: State | None = None,
+             dt: Tensor | None = None) -> tuple[Tensor, State]:
         """One token u_t (B, d_model) -> ``(y_t, (conv_state, ssm_state))`` in O(1): the conv
         window, then ``hjseq.ops.selective_state_update`` in the heads layout. Its compiled
         backends are forward-only, so when autograd needs the step the op's "ref" backend
         runs (decode under ``torch.no_grad()`` for speed). Equal to the engine's step, which
-        runs instead when training with ε > 0 or under ``backend="loop"``."""
+        runs instead for irregular time ``dt`` (B,), schemes other than euler_b/zoh, training
+        with ε > 0 and ``backend="loop"``."""
         if self.backend == "loop" or (self.training and self.spec.stochastic) or \
+                dt is not None or self.scheme not in ("euler_b", "zoh") or \
                 not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            return engine.step(self, x_t, state)
+            return engine.step(self, x_t, state, dt)
         self.check_input(x_t[:, None])
         conv_state, ssm_state = (self.zero_state(x_t[:, None]) if state is None
                                  else self.check_state(state, x_t[:, None]))
