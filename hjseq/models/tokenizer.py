@@ -188,11 +188,22 @@ class HFTokenizer(Tokenizer):
         return self.tok.to_str()
 
 
+def _tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise TokenizerError("subword tokenizers need the `tokenizers` package: pip install "
+                             "tokenizers (or hjseq[train]); [train].tokenizer = \"bytes\" "
+                             "needs nothing") from None
+    return tokenizers
+
+
 def train_bpe(raw: bytes, vocab_size: int) -> HFTokenizer:
     """A byte-level BPE of ``vocab_size`` tokens trained on ``raw`` (read as UTF-8): the 256
     byte symbols, then merges of the most frequent adjacent pairs within GPT-2 pre-tokens.
     Deterministic (the same bytes give the same file); fewer tokens when the text runs out
     of pairs."""
+    _tokenizers()
     from tokenizers import Tokenizer as _Tok
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -208,6 +219,7 @@ def train_bpe(raw: bytes, vocab_size: int) -> HFTokenizer:
 
 def from_json(text: str, name: str = "hf") -> HFTokenizer:
     """The tokenizer of a ``tokenizer.json`` text."""
+    _tokenizers()
     from tokenizers import Tokenizer as _Tok
 
     return HFTokenizer(_Tok.from_str(text), name)
@@ -220,6 +232,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer | None:
     directory = Path(directory)
     path = directory / TOKENIZER_FILE
     if path.is_file():
+        _tokenizers()
         try:
             return from_json(path.read_text(encoding="utf-8"), str(path))
         except Exception as e:  # tokenizers raises its own exception type on a bad file
