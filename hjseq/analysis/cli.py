@@ -41,7 +41,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="FILE|DIR",
                         help="text whose validation split is read (default: the run's own data)")
     parser.add_argument("--text", default=None,
-                        help="analyze this one prompt instead of validation windows")
+                        help="analyze this one prompt (default: validation windows)")
     parser.add_argument("--seq-len", type=int, default=128, metavar="L",
                         help="tokens per validation window")
     parser.add_argument("--batch", type=int, default=4, metavar="B",

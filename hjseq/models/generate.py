@@ -327,9 +327,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    "own (auto), bfloat16, or int8 with per-channel scales")
     p.add_argument("--prompts-file", metavar="FILE", default=None,
                    help="generate for every line of FILE as one batch (each line a prompt; "
-                   "'\\n' in a line stands for a newline); replaces --prompt")
+                   "'\\n' in a line stands for a newline); replaces --prompt "
+                   "(default: one --prompt)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop a completion when it ends with TEXT (not printed); repeatable")
+                   help="stop a completion when it ends with TEXT (not printed); repeatable "
+                   "(default: no stop text)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -522,7 +522,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue a run exactly, with its own config and step budget: RUN_DIR "
                    "is its --out directory (or its checkpoint.pt). Bare --resume after CONFIG "
-                   "continues runs/<config name> (or --out)")
+                   "continues runs/<config name> (or --out) (default: start a new run)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="default: cuda if available, else cpu")
     p.add_argument("--threads", type=_non_negative_int, metavar="N",

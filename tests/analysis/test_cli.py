@@ -39,9 +39,9 @@ def test_analyze_checkpoint(tmp_path):
     assert json.loads((out2 / "analysis.json").read_text()) == res
 
 
-def test_analyze_needs_exactly_one_source(tmp_path):
-    with pytest.raises(SystemExit, match="either a CHECKPOINT"):
-        main(["analyze", "--out", str(tmp_path)])
+def test_analyze_needs_exactly_one_source(tmp_path, capsys):
+    assert main(["analyze", "--out", str(tmp_path)]) == 2  # a user error: one line, status 2
+    assert "either a RUN_DIR" in capsys.readouterr().err
 
 
 def test_example_script_small(tmp_path, monkeypatch):
