@@ -52,6 +52,8 @@ BACKENDS = {"selective_scan": ["triton", "cuda", "mamba"], "linear_scan": ["trit
             "causal_conv1d": ["triton", "mamba"], "selective_state_update": ["triton", "mamba"],
             "ssd": ["triton", "mamba"], "mamba3_siso": ["triton", "mamba"]}
 FWD_ONLY = {"selective_state_update"}
+AUTOTUNED = "triton-autotune"  # selective_scan's first row also runs with autotuning on
+AUTOTUNE_ENV = "HJSEQ_TRITON_AUTOTUNE"
 REGISTER_NS = (16, 64, 128)
 
 
@@ -84,8 +86,8 @@ def _mamba_chunk_scan():
     return mamba_chunk_scan_combined, None
 
 
-def _case(op: str, shape: tuple[int, ...], grad: bool, dev: str = "cuda"
-          ) -> tuple[dict[str, tuple[Callable | None, str | None]], int]:
+def _case(op: str, shape: tuple[int, ...], grad: bool, dev: str = "cuda",
+          autotune: bool = False) -> tuple[dict[str, tuple[Callable | None, str | None]], int]:
     """``{backend: (call, reason)}`` on fresh inputs (CUDA; the CPU for a smoke test of the
     calls under the Triton interpreter), and the bytes the op must move (inputs read +
     output written). Each call returns the output tensor."""
@@ -116,6 +118,8 @@ def _case(op: str, shape: tuple[int, ...], grad: bool, dev: str = "cuda"
         for name in BACKENDS[op]:
             fn, why = _op_backend(op, name)
             calls[name] = ((lambda fn=fn: fn(**kw)) if fn else None, why)
+        if autotune:  # the same Triton call, with HJSEQ_TRITON_AUTOTUNE=1 (set by run())
+            calls[AUTOTUNED] = calls["triton"]
         return calls, moved
     if op == "selective_state_update":
         b, d, n = shape
@@ -190,7 +194,8 @@ def run(ops: list[str], quick: bool, shapes: dict | None = None,
         for shape in shapes[op]:
             for mode in ("fwd",) if op in FWD_ONLY else ("fwd", "fwd+bwd"):
                 try:
-                    calls, moved = _case(op, shape, grad=mode == "fwd+bwd")
+                    calls, moved = _case(op, shape, grad=mode == "fwd+bwd",
+                                         autotune=op == "selective_scan" and shape == shapes[op][0])
                 except (BackendUnavailable, ImportError, RuntimeError, TypeError) as e:
                     print(f"[skip] {op} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
                     continue
@@ -201,10 +206,16 @@ def run(ops: list[str], quick: bool, shapes: dict | None = None,
                         print(f"[skip] {op} {name}: {why}", file=sys.stderr)
                         continue
 
-                    def step(call=call):
-                        y = call()
-                        if mode == "fwd+bwd":
-                            y.backward(torch.ones_like(y))
+                    def step(call=call, tuned=name == AUTOTUNED):
+                        if tuned:
+                            os.environ[AUTOTUNE_ENV] = "1"
+                        try:
+                            y = call()
+                            if mode == "fwd+bwd":
+                                y.backward(torch.ones_like(y))
+                        finally:
+                            if tuned:
+                                os.environ.pop(AUTOTUNE_ENV, None)
 
                     try:
                         ms, timer = _bench_ms(step, quick)

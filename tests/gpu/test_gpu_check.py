@@ -79,3 +79,6 @@ def test_every_benchmark_call_runs(op):
             y.backward(torch.ones_like(y))
         for name, (c, reason) in calls.items():
             assert c is not None or reason, name
+    if op == "selective_scan":  # its first row is also timed with autotuning on
+        calls, _ = mod._case(op, TINY[op], grad=False, dev="cpu", autotune=True)
+        assert calls[mod.AUTOTUNED] == calls["triton"]

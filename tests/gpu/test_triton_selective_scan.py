@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _gpu_testutil import (DEVICE, leaf, max_err, ref_backend, rel_rms, run_with_grads,
-                           triton_backend)
+from _gpu_testutil import (DEVICE, HAS_CUDA, leaf, max_err, ref_backend, rel_rms,
+                           run_with_grads, triton_backend)
 
 OP = "selective_scan"
 GRADS = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
@@ -172,6 +172,7 @@ def test_three_pass_split_over_L(monkeypatch, scheme, cu):
     mod = importlib.import_module("hjseq.ops.selective_scan.triton")
     triton_backend(OP)
     monkeypatch.setattr(mod, "_pick_split", lambda m, block_d, device: 3)
+    monkeypatch.delenv(mod.AUTOTUNE_ENV, raising=False)  # the spies wrap the plain kernels
     modes = []
     for name in ("_ssm_fwd_kernel", "_ssm_bwd_kernel"):
         kernel = getattr(mod, name)
@@ -191,3 +192,32 @@ def test_three_pass_split_over_L(monkeypatch, scheme, cu):
                      ("_ssm_bwd_kernel", 2)]
     for name, (r, t) in res.items():
         assert max_err(t, r) < 1e-10 * max(1.0, r.abs().max().item()), (name, max_err(t, r))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="fakes the autotuner's timer under the interpreter")
+def test_autotuned_launch_resets_the_atomics(monkeypatch):
+    """The autotuned path (HJSEQ_TRITON_AUTOTUNE=1 on CUDA), forced here with a stand-in
+    timer that runs every candidate twice and prefers a later one: outputs and gradients
+    stay exact, so dB/dC (atomics) are zeroed before each trial and before the real run."""
+    import importlib
+    import itertools
+    mod = importlib.import_module("hjseq.ops.selective_scan.triton")
+    triton_backend(OP)
+    monkeypatch.setattr(mod, "_autotune", lambda t: True)
+    ticks = itertools.count()
+
+    def fake_bench(kernel_call, quantiles):
+        kernel_call()
+        kernel_call()
+        t = float(10 - next(ticks) % 10)
+        return [t, t, t]
+
+    for tuned in (mod._ssm_fwd_tuned, mod._ssm_bwd_tuned):
+        monkeypatch.setattr(tuned, "_do_bench", fake_bench)
+        monkeypatch.delitem(tuned.__dict__, "do_bench", raising=False)
+        monkeypatch.setattr(tuned, "cache", {})
+    res = compare(make_inputs(batch=1, dim=4, L=70, N=3), "zoh")
+    for name, (r, t) in res.items():
+        assert max_err(t, r) < 1e-10, (name, max_err(t, r))
+    chosen = [next(iter(k.cache.values())) for k in (mod._ssm_fwd_tuned, mod._ssm_bwd_tuned)]
+    assert all(c.kwargs["BLOCK_D"] <= 4 for c in chosen)  # pruned to the 4 channels

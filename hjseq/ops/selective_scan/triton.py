@@ -26,6 +26,7 @@ sequences in torch.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -97,7 +98,7 @@ if triton is not None:
     def _ssm_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv_ptr, z_ptr, bias_ptr, h0_ptr,
             out_ptr, states_ptr, hT_ptr, cu_ptr, slot_ptr, aux_ptr,
-            L, DG, N, TPS, N_SPLIT,
+            L, DG, N, TPS, N_SPLIT, L_BUCKET,
             s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
             s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
             s_hs, s_hd, s_hn,
@@ -226,7 +227,7 @@ if triton is not None:
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv_ptr, z_ptr, bias_ptr,
             dout_ptr, dhT_ptr, states_ptr, cu_ptr, slot_ptr,
             du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-            aux_ptr, L, DG, N, D_total, TPS, N_SPLIT,
+            aux_ptr, L, DG, N, D_total, TPS, N_SPLIT, L_BUCKET,
             s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_ob, s_od, s_ol,
             s_Ad, s_An, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
             s_hs, s_hd, s_hn,
@@ -392,6 +393,43 @@ if triton is not None:
             tl.store(dbias_ptr + run * D_total + d, dbias_acc, mask=dmask)
 
 
+AUTOTUNE_ENV = "HJSEQ_TRITON_AUTOTUNE"
+
+
+def _autotune(t: Tensor) -> bool:
+    """Autotune BLOCK_D and num_warps on CUDA when ``HJSEQ_TRITON_AUTOTUNE=1``; otherwise
+    (the default, until a GPU has timed both) the fixed tiles of :class:`_Meta`. Each new
+    key compiles and times up to 8 configs per kernel."""
+    return t.device.type == "cuda" and os.environ.get(AUTOTUNE_ENV, "0") == "1"
+
+
+def _prune(max_elems: int):
+    """Keep the candidate configs whose (BLOCK_D, T, BLOCK_N) tile fits ``max_elems`` and
+    whose BLOCK_D does not exceed the group's channels (rounded up to a power of two)."""
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        tn = args["T"] * args["BLOCK_N"]
+        dg = triton.next_power_of_2(args["DG"])
+        keep = [c for c in configs if c.kwargs["BLOCK_D"] <= dg
+                and c.kwargs["BLOCK_D"] * tn <= max_elems]
+        return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_D"], c.num_warps))]
+    return prune
+
+
+if triton is not None:
+    # T is not tuned: forward and backward share it through the saved tile states. The key
+    # is (channels per group, N, L rounded up to a power of two) plus the dtypes; dB/dC,
+    # accumulated with atomics, are zeroed before every trial and before the real run.
+    _TILE_CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
+                     for bd in (1, 2, 4, 8) for w in (4, 8)]
+    _ssm_fwd_tuned = triton.autotune(
+        configs=_TILE_CONFIGS, key=["DG", "N", "L_BUCKET"],
+        prune_configs_by={"early_config_prune": _prune(8192)})(_ssm_fwd_kernel)
+    _ssm_bwd_tuned = triton.autotune(
+        configs=_TILE_CONFIGS, key=["DG", "N", "L_BUCKET"], reset_to_zero=["dB_ptr", "dC_ptr"],
+        prune_configs_by={"early_config_prune": _prune(2048)})(_ssm_bwd_kernel)
+
+
 def _on_gpu(t: Tensor) -> bool:
     """Compiled-GPU launch configuration (else the interpreter's)."""
     return t.device.type == "cuda"
@@ -468,18 +506,24 @@ def _forward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, zoh, cu_
     tps = triton.cdiv(m.max_tiles(), n_split)
 
     def launch(mode: int, aux: Tensor) -> None:
-        _ssm_fwd_kernel[m.grid(m.block_d_fwd, n_split)](
+        if _autotune(u):
+            kernel = _ssm_fwd_tuned[lambda meta: m.grid(meta["BLOCK_D"], n_split)]
+            tiles = {}
+        else:
+            kernel = _ssm_fwd_kernel[m.grid(m.block_d_fwd, n_split)]
+            tiles = dict(BLOCK_D=m.block_d_fwd, num_warps=m.warps_fwd)
+        kernel(
             u, delta, A, B4, C4, D if D is not None else u, z_,
             delta_bias if delta_bias is not None else u, h0 if h0 is not None else hT,
             out, states, hT, cu, slots, aux,
-            m.L, m.DG, m.N, tps, n_split,
+            m.L, m.DG, m.N, tps, n_split, triton.next_power_of_2(max(m.L, 1)),
             *u.stride(), *delta.stride(), *z_.stride(), *out.stride(),
             *A.stride(), *B4.stride(), *C4.stride(), *hT.stride(),
-            BLOCK_D=m.block_d_fwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+            T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
             HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ZOH=zoh,
             HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None, SAVE_STATES=save_states,
-            ACC=tl_dtype(m.acc), NUM_STAGES=m.stages, MODE=mode, num_warps=m.warps_fwd)
+            ACC=tl_dtype(m.acc), NUM_STAGES=m.stages, MODE=mode, **tiles)
 
     if n_split == 1:
         launch(0, hT)
@@ -539,20 +583,26 @@ class _SelectiveScanFn(torch.autograd.Function):
         dhT_ = dhT.contiguous() if dhT is not None else None
 
         def launch(mode: int, aux: Tensor) -> None:
-            _ssm_bwd_kernel[m.grid(m.block_d_bwd, n_split)](
+            if _autotune(u):
+                kernel = _ssm_bwd_tuned[lambda meta: m.grid(meta["BLOCK_D"], n_split)]
+                tiles = {}
+            else:
+                kernel = _ssm_bwd_kernel[m.grid(m.block_d_bwd, n_split)]
+                tiles = dict(BLOCK_D=m.block_d_bwd, num_warps=m.warps_bwd)
+            kernel(
                 u, delta, A, B4, C4, D if D is not None else u, z_,
                 delta_bias if delta_bias is not None else u,
                 dout, dhT_ if dhT_ is not None else dh0, states, cu, slots,
                 du, ddelta, dz_, dB4, dC4, dA_p, dD_p, dbias_p, dh0, aux,
-                m.L, m.DG, m.N, m.dim, tps, n_split,
+                m.L, m.DG, m.N, m.dim, tps, n_split, triton.next_power_of_2(max(m.L, 1)),
                 *u.stride(), *delta.stride(), *z_.stride(), *du.stride(),
                 *A.stride(), *B4.stride(), *C4.stride(), *dh0.stride(),
                 *dout.stride(), *dB4.stride(),
-                BLOCK_D=m.block_d_bwd, T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
+                T=m.T, BLOCK_N=m.block_n, HAS_D=D is not None,
                 HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=ctx.delta_softplus, ZOH=ctx.zoh, HAS_DHT=dhT is not None,
                 VARLEN=cu_seqlens is not None, ACC=tl_dtype(m.acc), LOG2_T=log2_exact(m.T),
-                IDT=int_dtype(m.acc), NUM_STAGES=m.stages, MODE=mode, num_warps=m.warps_bwd)
+                IDT=int_dtype(m.acc), NUM_STAGES=m.stages, MODE=mode, **tiles)
 
         if n_split == 1:
             launch(0, dh0)
