@@ -18,7 +18,7 @@ from .nn.base import recurrent_scan_kernel
 from .nn.gru import HJGRU
 from .nn.lstm import HJLSTM
 from .nn.mamba2 import HJMamba2
-from .nn.mamba3 import HJMamba3, RotatingSSM, TrapezoidalRotatingSSM, mamba3_kernel
+from .nn.mamba3 import HJMamba3, RotatingSSM, mamba3_kernel
 from .nn.rnn import HJRNN
 from .nn.ssm import HJMamba, selective_scan_kernel
 
@@ -29,7 +29,7 @@ register_kernel(LSTM, "euler", HJLSTM, recurrent_scan_kernel(HJLSTM.CELL))
 register_kernel(LinearSSM, "euler_b", HJMamba, selective_scan_kernel)
 register_kernel(LinearSSM, "zoh", HJMamba, selective_scan_kernel)
 register_kernel(RotatingSSM, "euler_b", HJMamba3, mamba3_kernel)
-register_kernel(TrapezoidalRotatingSSM, "euler_b", HJMamba3, mamba3_kernel)
+register_kernel(RotatingSSM, "exp_trapezoidal", HJMamba3, mamba3_kernel)
 
 # ---------------------------------------------------------------- block kinds
 _RECURRENT_OPTS = {

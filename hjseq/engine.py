@@ -124,8 +124,14 @@ class CarriedState(NamedTuple):
 
 
 def carries_input(block: Any) -> bool:
-    """True when the block's scheme reads the previous token's input term."""
-    return get_scheme(block.spec.scheme).carries_input
+    """True when the engine must carry the previous token's input term for this block: its
+    scheme reads it and the block does not supply it from its own state (a block that keeps
+    the previous token's factors, as Mamba-3 keeps x_{t−1} and B̃_{t−1}, defines
+    ``previous_input(drive)`` instead and keeps its own state format)."""
+    from .nn.base import RecurrentBlock
+
+    return (get_scheme(block.spec.scheme).carries_input
+            and not _method_overridden(block, "previous_input", RecurrentBlock))
 
 
 def _time_scale(time_steps: Tensor | None, k: int | None, like: Tensor) -> Tensor | float:
@@ -186,7 +192,7 @@ def fused_path(block: Any, noisy: bool = False, closed_form: bool = True) -> str
     if not tokenwise(block):
         return "loop"
     have = type(block.spec.hamiltonian).structures()
-    if carries_input(block):
+    if get_scheme(block.spec.scheme).carries_input:
         return "linear_scan" if "affine" in have else "loop"
     if type(get_scheme(block.spec.scheme)).discrete_affine is Scheme.discrete_affine:
         return "loop"  # the scheme is not a linear map on affine fields
@@ -258,7 +264,10 @@ def linear_scan_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
     if scheme.carries_input:
         b = torch.broadcast_to(b, full).to(dtype)
         b_seq = b.reshape(sq.B, sq.L, *sq.flow_shape)
-        prev = torch.cat([previous_input.to(dtype).unsqueeze(1), b_seq[:, :-1]], dim=1)
+        if carries_input(block):
+            prev = torch.cat([previous_input.to(dtype).unsqueeze(1), b_seq[:, :-1]], dim=1)
+        else:  # the block supplies b_{k−1} from its own state
+            prev = torch.broadcast_to(block.previous_input(sq.drive), full).to(dtype)
         decay, term = scheme.combine(a, sq.dt, prev.reshape(full), b,
                                      sq.drive.get("trap", 0.5))
         scale, b = 1.0, term
@@ -280,7 +289,7 @@ def linear_scan_path(block: Any, x: Tensor, state: Any, noise: Tensor | None,
         ys = sq.unflat(block.readout(hs.reshape(full), sq.drive, sq.state)[0])
     out = block.finish(ys, sq.seq)
     final = block.replace_flow(sq.state, h_T.to(dtype).reshape(sq.h0.shape))
-    if scheme.carries_input:
+    if carries_input(block):
         final = CarriedState(final, b_seq[:, -1])
     return out, final
 
@@ -442,12 +451,13 @@ def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
     final state is a :class:`CarriedState`; ``time_steps`` (B, L) multiplies each Δ_k."""
     seq, const, state = block.prepare(x, state)
     scheme = get_scheme(block.spec.scheme)
+    engine_carries = carries_input(block)
     ys, traj, drives, pre = [], [block.flow_state(state)], [], []
     for k in range(x.shape[1]):
         d = block.token_drive(_token(block, seq, const, k), state)
         h0 = block.flow_state(state)
         if scheme.carries_input:
-            d["previous_input"] = previous_input
+            d["previous_input"] = previous_input if engine_carries else block.previous_input(d)
         if record:
             drives.append(d)
             pre.append(state)
@@ -455,7 +465,7 @@ def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
         if time_steps is not None:
             dt = block.spec.step(float(k), h0, d) * _time_scale(time_steps, k, h0)
         h = _one_step(block, h0, d, float(k), dt=dt)
-        if scheme.carries_input:
+        if engine_carries:
             previous_input = torch.broadcast_to(
                 block.spec.hamiltonian.affine(float(k), d)[1], h.shape).to(h.dtype)
         if noise is not None:
@@ -465,7 +475,7 @@ def loop(block: Any, x: Tensor, state: Any, noise: Tensor | None = None,
         if return_states:
             traj.append(h)
     out = block.finish(torch.stack(ys, dim=1), seq)
-    if scheme.carries_input:
+    if engine_carries:
         state = CarriedState(state, previous_input)
     return LoopResult(out, state, torch.stack(traj, dim=1) if return_states else None,
                       *((drives, pre, seq) if record else (None, None, None)))

@@ -231,6 +231,13 @@ class RecurrentBlock(nn.Module):
     def flow_state(self, state: State) -> Tensor:
         return state
 
+    def previous_input(self, drive: dict[str, Tensor]) -> Tensor | None:
+        """For a scheme that carries the input (``exp_trapezoidal``): the previous token's
+        input term b_{k−1}, broadcastable to the flow state, read from this token's drive.
+        Not defined here: the engine then carries b_{k−1} itself in a ``CarriedState``. A
+        block whose state already keeps the previous token's factors overrides it."""
+        raise NotImplementedError
+
     def replace_flow(self, state: State, h: Tensor) -> State:
         """The state with its flow part replaced by h (a single-tensor state is h)."""
         if isinstance(state, Tensor) or state is None:

@@ -16,11 +16,12 @@ with, per token (parameters and split as ``mamba_ssm.modules.mamba3.Mamba3``)::
     S_t = e^{Δa} S_{t−1} + (1 − λ_t)Δ_t e^{Δa} x_{t−1}B̃_{t−1}ᵀ + λ_t Δ_t x_t B̃_tᵀ
     out = out_proj((S_t C̃_t + D x_t) · silu(z_t))                 (or a gated RMSNorm)
 
-The update is ``euler_b`` (``e^{Δa} S + Δ b``) of the field ``a S + b`` with the input
-held at the trapezoid mix ``b = λ_t x_t B̃_tᵀ + (1 − λ_t) e^{Δa} x_{t−1} B̃_{t−1}ᵀ``
-(``TrapezoidalRotatingSSM``, an ``affine`` Hamiltonian); ``trapezoidal=False`` fixes λ = 1,
-Mamba-2's step on the rotating state (``RotatingSSM``, ``head_affine``: the engine's ``ssd``
-path). The forward pass runs the fused op ``hjseq.ops.mamba3_siso`` (a closed-form kernel
+The update is the scheme ``exp_trapezoidal`` (``hjseq.schemes``: ``e^{Δa} S + Δ[(1 − λ)
+e^{Δa} b_{t−1} + λ b_t]``, second order at λ = ½) applied to the rotating flow
+``Ṡ = a S + x B̃ᵀ`` (``RotatingSSM``), with λ_t read from the drive; the block supplies
+``b_{t−1} = x_{t−1} B̃_{t−1}ᵀ`` from the (k, v) part of its state (:meth:`previous_input`).
+``trapezoidal=False`` is the scheme ``euler_b`` (λ = 1): Mamba-2's step on the rotating
+state, which takes the engine's ``ssd`` path. The forward pass runs the fused op ``hjseq.ops.mamba3_siso`` (a closed-form kernel
 registered in :mod:`hjseq.catalog`); ``backend="loop"`` runs the engine's reference loop
 over the Hamiltonian, and ``characteristics``/``compare`` see the per-token ODE.
 
@@ -61,30 +62,6 @@ class RotatingSSM(Hamiltonian):
 
     def head_affine(self, t: float, drive: Drive) -> tuple[Tensor, Tensor, Tensor]:
         return drive["a"], drive["x"], _turn(drive, drive["B"])
-
-    def dH_dh(self, t: float, h: Tensor, p: Tensor, drive: Drive) -> Tensor:
-        return drive["a"][..., None, None] * p
-
-
-class TrapezoidalRotatingSSM(Hamiltonian):
-    """Mamba-3's step: the rotating field ``a ⊙ S + b`` with the input held at the
-    exponential-trapezoid mix of the token's and the previous token's outer products,
-
-        b = λ x B̃ᵀ + (1 − λ) e^{Δa} x_prev B̃_prevᵀ,
-
-    so that ``euler_b`` (``e^{Δa} S + Δ b``) is ``α S + β v_{t−1} + γ v_t`` with α = e^{Δa},
-    β = (1 − λ)Δα, γ = λΔ. Drive: those of :class:`RotatingSSM` plus ``lam`` (B, H),
-    ``dt`` (B, H) (Δ, also the step rule's), ``x_prev`` (B, H, P), ``B_prev`` (B, H, N)
-    (already turned by the previous token's angle)."""
-
-    state_dims = 3
-
-    def affine(self, t: float, drive: Drive) -> tuple[Tensor, Tensor]:
-        a, lam = drive["a"], drive["lam"]
-        now = drive["x"][..., :, None] * _turn(drive, drive["B"])[..., None, :]
-        prev = drive["x_prev"][..., :, None] * drive["B_prev"][..., None, :]
-        w_prev = (1 - lam) * torch.exp(drive["dt"] * a)
-        return a[..., None, None], lam[..., None, None] * now + w_prev[..., None, None] * prev
 
     def dH_dh(self, t: float, h: Tensor, p: Tensor, drive: Drive) -> Tensor:
         return drive["a"][..., None, None] * p
@@ -165,7 +142,7 @@ class HJMamba3(RecurrentBlock):
             raise ValueError(f"HJMamba3: ngroups = {ngroups} must divide the number of heads "
                              f"{self.nheads}")
         self.ngroups, self.chunk_size, self.A_floor = ngroups, chunk_size, float(A_floor)
-        self.is_outproj_norm, self.trapezoidal = bool(is_outproj_norm), bool(trapezoidal)
+        self.is_outproj_norm = bool(is_outproj_norm)
         self.layer_idx, self.input_size = layer_idx, d_model
         split = int(d_state * rope_fraction)
         split -= split % 2
@@ -194,8 +171,17 @@ class HJMamba3(RecurrentBlock):
         if self.is_outproj_norm:
             self.norm = _RMSNorm(self.d_inner, eps=1e-5, group=headdim, **kw)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **kw)
-        ham = TrapezoidalRotatingSSM() if self.trapezoidal else RotatingSSM()
-        self.spec = HJSpec(ham, viscosity=0.0, step=DriveStep("dt"), scheme="euler_b")
+        self.spec = HJSpec(RotatingSSM(), viscosity=0.0, step=DriveStep("dt"),
+                           scheme="exp_trapezoidal" if trapezoidal else "euler_b")
+
+    @property
+    def trapezoidal(self) -> bool:
+        """Mamba-3's learned λ (the ``exp_trapezoidal`` scheme) or λ = 1 (``euler_b``)."""
+        return self.spec.scheme == "exp_trapezoidal"
+
+    def previous_input(self, drive: dict[str, Tensor]) -> Tensor:
+        """``b_{t−1} = x_{t−1} B̃_{t−1}ᵀ`` (B, H, P, N), from the previous token's factors."""
+        return drive["x_prev"][..., :, None] * drive["B_prev"][..., None, :]
 
     @property
     def scheme(self) -> str:
@@ -309,7 +295,8 @@ class HJMamba3(RecurrentBlock):
         Bt = rotate_pairs(Bb, cos, sin)
         xs = pr["x"].to(acc)
         seq = {"x": xs, "B": Bb, "C": rotate_pairs(Cb, cos, sin), "cos": cos, "sin": sin,
-               "a": pr["A"], "dt": pr["DT"], "lam": torch.sigmoid(pr["trap"].to(acc)),
+               "a": pr["A"], "dt": pr["DT"],
+               "trap": torch.sigmoid(pr["trap"].to(acc))[..., None, None],  # λ (B, L, H, 1, 1)
                "x_prev": torch.cat((v_state.to(acc)[:, None], xs[:, :-1]), dim=1),
                "B_prev": torch.cat((k_state.to(acc)[:, None], Bt[:, :-1]), dim=1),
                "z": pr["z"]}
@@ -329,8 +316,8 @@ class HJMamba3(RecurrentBlock):
 
 def mamba3_kernel(block: HJMamba3, x: Tensor, state: State, noise: Tensor | None,
                   backend: str, time_steps: Tensor | None = None) -> tuple[Tensor, State]:
-    """Closed-form kernel of exactly HJMamba3 (``RotatingSSM`` or ``TrapezoidalRotatingSSM``
-    under ``euler_b``; registered in :mod:`hjseq.catalog`): the fused op
+    """Closed-form kernel of exactly HJMamba3 (``RotatingSSM`` under ``exp_trapezoidal`` or
+    ``euler_b``; registered in :mod:`hjseq.catalog`): the fused op
     ``hjseq.ops.mamba3_siso`` from the block's state. With noise (ε > 0 while training) it
     declines: the engine's ``linear_scan`` path adds the noise to the state."""
     if noise is not None:
@@ -345,4 +332,4 @@ def mamba3_kernel(block: HJMamba3, x: Tensor, state: State, noise: Tensor | None
 mamba3_kernel.supports_time_steps = True  # irregular time: Δ·dt_k inside project()
 
 
-__all__ = ["HJMamba3", "RotatingSSM", "TrapezoidalRotatingSSM", "mamba3_kernel"]
+__all__ = ["HJMamba3", "RotatingSSM", "mamba3_kernel"]

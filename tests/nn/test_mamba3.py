@@ -115,7 +115,7 @@ def test_paths_agree_with_gradients(trapezoidal):
     for path in ("cpu", "ref", "structural", "loop"):
         from hjseq import engine
         if path == "structural":
-            key = (type(m.spec.hamiltonian), "euler_b", HJMamba3)
+            key = (type(m.spec.hamiltonian), m.spec.scheme, HJMamba3)
             kernel = engine._CLOSED_FORM.pop(key)
             try:
                 m.backend = "auto"
@@ -177,15 +177,21 @@ def test_step_equals_forward_and_state_passing(dtype):
 
 
 @pytest.mark.parametrize("trapezoidal", [False, True])
-def test_characteristics_euler_b_is_first_order(trapezoidal):
-    """The discrete trajectory against the per-token characteristic ODE Ṡ = Δ(a S + b) of
-    the rotating Hamiltonian (the input b held over the token): euler_b, order 1."""
+def test_characteristics_orders_euler_b_and_exp_trapezoidal(trapezoidal):
+    """The discrete trajectory against the per-token characteristic ODE of the rotating
+    Hamiltonian: euler_b (λ = 1, input held over the token) is first order; Mamba-3's
+    exp_trapezoidal at λ = ½ (input interpolated across the token) is second order."""
     m = small(trapezoidal, d_state=8, headdim=4, expand=0.25)
     with torch.no_grad():
-        m.dt_bias.add_(1.0)  # Δ ≈ 1: the Euler-B error is well above round-off
+        m.dt_bias.add_(1.0)  # Δ ≈ 1: the discretization error is well above round-off
+        if trapezoidal:  # λ = σ(0) = ½: the trapezoid rule proper
+            H, d_in, NG = m.nheads, m.d_inner, m.d_state * m.ngroups
+            start = 2 * d_in + 2 * NG + 2 * H
+            m.in_proj.weight[start:start + H] = 0.0
     u = torch.randn(1, 4, 32, dtype=f64)
     rep = compare(m, u, refinements=(1, 2, 4, 8))
-    assert rep.declared_order == 1 and 0.8 < rep.observed_order < 1.2
+    want = 2 if trapezoidal else 1
+    assert rep.declared_order == want and abs(rep.observed_order - want) < 0.25
     e = rep.refinement_error
     assert e[0] > e[1] > e[2] > e[3] > 0
     with torch.no_grad():  # the trajectory the solver saw is the block's own
