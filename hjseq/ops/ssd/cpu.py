@@ -24,7 +24,8 @@ from .._dtypes import accumulation_dtype
 
 def _ext() -> ModuleType:
     # -ffp-contract=fast: a*b + c may become one FMA (-std=c++17 turns contraction off)
-    return load_extension("ssd", ["cpu/ssd.cpp"], extra_cflags=[*DEFAULT_CFLAGS, "-ffp-contract=fast"])
+    return load_extension("ssd", ["cpu/ssd.cpp"],
+                          extra_cflags=[*DEFAULT_CFLAGS, "-ffp-contract=fast"])
 
 
 def _n_chunks_alloc(batch: int, L: int, nseq: int, varlen: bool, chunk: int) -> int:
