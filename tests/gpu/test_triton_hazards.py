@@ -13,7 +13,10 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,6 +121,20 @@ def test_reverse_costate_at_tile_boundaries(L):
 
 # --- 64-bit offsets -----------------------------------------------------------------------
 
+def _isolated(test):
+    """Run the test in a child pytest: a 32-bit offset overflow reads or writes out of
+    bounds and could kill the whole run instead of failing one test."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        if os.environ.get("HJSEQ_ISOLATED_CHILD"):
+            return test(*args, **kwargs)
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                              f"{__file__}::{test.__name__}"], capture_output=True, text=True,
+                             env={**os.environ, "HJSEQ_ISOLATED_CHILD": "1"}, timeout=900)
+        assert res.returncode == 0, f"child rc {res.returncode}:\n{res.stdout[-3000:]}"
+    return run
+
+
 FAR = 2**30 + 8  # elements between batch rows (an int32 stride); row 2 starts past 2³¹
 
 
@@ -147,9 +164,11 @@ def _far_leaf(view: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.skipif(sys.maxsize < 2**40, reason="needs a 64-bit address space")
+@_isolated
 def test_offsets_past_int32_selective_scan_and_linear_scan():
     """u, delta, z, B, C of selective_scan and a, b of linear_scan as views with batch rows
-    2³⁰+8 elements apart (row 2 at 2³¹+16, as in a (3, D, L) tensor with D·L = 2³⁰+8); outputs and gradients against float64 on contiguous copies."""
+    2³⁰+8 elements apart (row 2 at 2³¹+16, as in a (3, D, L) tensor with D·L = 2³⁰+8);
+    outputs and gradients against float64 on contiguous copies."""
     bf = torch.bfloat16
     shape = (3, 4, 24)
     u, delta, z = (_far_view(shape, bf, s) for s in (1, 2, 3))
@@ -181,6 +200,7 @@ def test_offsets_past_int32_selective_scan_and_linear_scan():
 
 
 @pytest.mark.skipif(sys.maxsize < 2**40, reason="needs a 64-bit address space")
+@_isolated
 def test_offsets_past_int32_causal_conv1d():
     x = _far_view((3, 4, 40), torch.bfloat16, 9)
     gen = torch.Generator().manual_seed(10)
