@@ -72,6 +72,19 @@ Lin make_lin(const TensorMap& t, const std::string& name, at::ScalarType T) {
   return L;
 }
 
+// Threads of the running step (Model::threads_): 1 runs every loop inline, with no parallel
+// region at all (on a busy machine each region can wait a whole time slice for a thread).
+thread_local int g_threads = 0;
+
+template <typename F>
+void pfor(int64_t n, int64_t grain, const F& f) {
+  if (g_threads == 1 || n <= grain) {
+    if (n > 0) f(int64_t(0), n);
+  } else {
+    at::parallel_for(0, n, grain, f);
+  }
+}
+
 HJSEQ_INLINE float bf16_to_float(uint16_t u) {
   return hjseq::bit_cast_float(static_cast<int32_t>(static_cast<uint32_t>(u) << 16));
 }
@@ -177,7 +190,9 @@ void linear_rows(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
 template <typename T>
 void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
             bool accumulate) {
-  if (L.kind == kSame && B >= 8) {  // a real GEMM: torch's BLAS (MKL/oneDNN) does it best
+  // a large GEMM: torch's BLAS (MKL/oneDNN) does it best; small ones cost more in its
+  // threading than in arithmetic, so they stay on the kernel below
+  if (L.kind == kSame && B >= 8 && L.in * L.out >= (int64_t(1) << 20) && g_threads != 1) {
     const auto opts = L.w.options();
     const at::Tensor xt = at::from_blob(const_cast<T*>(x), {B, L.in}, {ldx, 1}, opts);
     const at::Tensor r = at::mm(xt, L.w.t()).contiguous();
@@ -194,9 +209,10 @@ void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
     return;
   }
   const int64_t nblk = (L.out + kRows - 1) / kRows;
-  // enough rows per task that one task does >= 64k multiply-adds (small layers: one thread)
-  const int64_t grain = std::max<int64_t>(1, 65536 / (L.in * kRows * std::max<int64_t>(B, 1)));
-  at::parallel_for(0, nblk, grain, [&](int64_t lo, int64_t hi) {
+  // enough rows per task that one task does >= 256k multiply-adds: small layers stay on one
+  // thread (a parallel region costs more than they do, and much more on a busy machine)
+  const int64_t grain = std::max<int64_t>(1, 262144 / (L.in * kRows * std::max<int64_t>(B, 1)));
+  pfor(nblk, grain, [&](int64_t lo, int64_t hi) {
     if (L.kind == kSame) {
       linear_rows<T, T>(L, L.w.data_ptr<T>(), x, B, ldx, y, ldy, accumulate, lo, hi);
     } else if constexpr (std::is_same_v<T, float>) {
@@ -293,7 +309,7 @@ void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Ten
   T* hs = ssm.data_ptr<T>();
   const T *A = ptr<T>(L.A), *Dv = ptr<T>(L.D);
   const bool zoh = L.zoh;
-  at::parallel_for(0, B * Di, std::max<int64_t>(1, 4096 / N), [&](int64_t lo, int64_t hi) {
+  pfor(B * Di, std::max<int64_t>(1, 32768 / N), [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       const int64_t b = j / Di, d = j % Di;
       const T delta = hjseq::softplus_(y[j]);
@@ -462,9 +478,12 @@ class Model {
       TORCH_CHECK(s.size(0) == ids.size(0), "state batch != ids batch");
     }
     at::Tensor logits = at::empty({ids.size(0), head_.out}, emb_.options());
+    g_threads = threads_ > 0 ? threads_ : at::get_num_threads();
     AT_DISPATCH_FLOATING_TYPES(T_, "decode_step", [&] { run<scalar_t>(ids, states, logits); });
     return logits;
   }
+
+  void set_threads(int n) { threads_ = n; }
 
   int64_t weight_bytes() const {
     auto bytes = [](const Lin& L) {
@@ -518,6 +537,7 @@ class Model {
   }
 
   at::ScalarType T_;
+  int threads_ = 0;  // 0: torch's intra-op thread count
   at::Tensor emb_, norm_f_;
   double norm_f_eps_ = 1e-5;
   Lin head_;
@@ -548,7 +568,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const TensorMap&, const std::vector<TensorMap>&,
                     const std::vector<std::map<std::string, double>>&, const std::string&>())
       .def("step", &Model::step, py::call_guard<py::gil_scoped_release>())
-      .def("weight_bytes", &Model::weight_bytes);
+      .def("weight_bytes", &Model::weight_bytes)
+      .def("set_threads", &Model::set_threads);
   m.def("linear", &linear_only, "one packed projection: x (B, in) -> (B, out)",
         py::call_guard<py::gil_scoped_release>());
 }

@@ -200,3 +200,20 @@ def test_generate_batch_per_request_settings():
     with pytest.raises(ValueError, match="request 0: top_p"):
         generate_batch(m, [Request([1], 2, top_p=0.0)])
     assert list(stream(m, [1], 0)) == []
+
+
+def test_parallel_and_gemm_paths_equal_hjlm_step():
+    """A model large enough that projections split over threads (threads=2) and the batch-9
+    in_proj (512 x 2048) goes through torch's GEMM."""
+    m = _model(torch.float64, blocks=[{"kind": "mamba", "d_state": 4}, {"kind": "lstm"}], d=512)
+    ids = torch.randint(0, 256, (9, 2), generator=torch.Generator().manual_seed(7))
+    for threads in (1, 2):
+        dec = FusedDecoder(m, threads=threads)
+        st, ref = dec.zero_state(9), None
+        for t in range(2):
+            got = dec.step(ids[:, t], st)
+            want, ref = m.step(ids[:, t], ref)
+            assert _rel(got, want) < 1e-12
+    assert FusedDecoder(_model()).threads == 1  # small: one thread by default
+    with pytest.raises(ValueError, match="threads must be"):
+        FusedDecoder(m, threads=0)
