@@ -22,8 +22,9 @@ from torch import nn
 
 import hjseq
 from hjseq import engine
-from hjseq.hamiltonians import GRU, LSTM, ElmanRNN, LinearSSM
-from hjseq.nn import HJGRU, HJLSTM, HJMamba, HJRNN, RecurrentBlock
+from hjseq.hamiltonians import GRU, LSTM, ElmanRNN, HeadLinearSSM, LinearSSM
+from hjseq.nn import HJGRU, HJLSTM, HJMamba, HJMamba2, HJMamba3, HJRNN, RecurrentBlock
+from hjseq.nn.mamba3 import RotatingSSM
 from hjseq.ops import available
 from hjseq.spec import ConstantStep, DriveStep, Hamiltonian, HJSpec, SoftplusStep
 
@@ -60,19 +61,43 @@ class LeakySSM(LinearSSM):  # changes both, consistently: still affine
         return a - 20.0, b
 
 
-@pytest.mark.parametrize("block_cls, ham_cls, path", [
-    (HJRNN, LeakyElman, "loop"), (HJGRU, SlowGRU, "loop"), (HJLSTM, ForgetfulLSTM, "loop"),
-    (HJMamba, LeakySSM, "linear_scan")], ids=["rnn", "gru", "lstm", "mamba"])
-def test_subclassed_hamiltonian_never_meets_the_shipped_kernel(block_cls, ham_cls, path):
-    torch.manual_seed(0)
+class LeakyHeads(HeadLinearSSM):  # restates the head form: still the ssd structure
+    def head_affine(self, t, drive):
+        a, x, B = super().head_affine(t, drive)
+        return a - 3.0, x, B
+
+
+class LeakyRotating(RotatingSSM):
+    def head_affine(self, t, drive):
+        a, x, B = super().head_affine(t, drive)
+        return a - 3.0, x, B
+
+
+def _ssm_block(block_cls):
     if block_cls is HJMamba:
-        blk = HJMamba(4, d_state=3, d_conv=3, expand=2, dtype=f64)
-        x = torch.randn(2, 7, 4, dtype=f64)
-        assert blk.fused_path() == "closed_form"
+        return HJMamba(4, d_state=3, d_conv=3, expand=2, dtype=f64), 4
+    if block_cls is HJMamba2:
+        return HJMamba2(16, d_state=4, headdim=8, chunk_size=4, dtype=f64), 16
+    return HJMamba3(16, d_state=8, headdim=8, dtype=f64), 16
+
+
+@pytest.mark.parametrize("block_cls, ham_cls, path, shipped_path", [
+    (HJRNN, LeakyElman, "loop", "closed_form"), (HJGRU, SlowGRU, "loop", "closed_form"),
+    (HJLSTM, ForgetfulLSTM, "loop", "closed_form"),
+    (HJMamba, LeakySSM, "linear_scan", "closed_form"),
+    (HJMamba2, LeakyHeads, "ssd", "ssd"),
+    (HJMamba3, LeakyRotating, "linear_scan", "closed_form")],
+    ids=["rnn", "gru", "lstm", "mamba", "mamba2", "mamba3"])
+def test_subclassed_hamiltonian_never_meets_the_shipped_kernel(block_cls, ham_cls, path,
+                                                              shipped_path):
+    torch.manual_seed(0)
+    if block_cls in (HJMamba, HJMamba2, HJMamba3):
+        blk, width = _ssm_block(block_cls)
+        x = torch.randn(2, 7, width, dtype=f64)
     else:
         blk = block_cls(3, 5).to(f64)
         x = torch.randn(2, 7, 3, dtype=f64)
-        assert blk.fused_path() == "closed_form"
+    assert blk.fused_path() == shipped_path
     shipped = blk(x)
     blk.spec.hamiltonian = ham_cls()
     assert blk.fused_path() == path
