@@ -153,19 +153,32 @@ def ode_deviation(block: nn.Module, x: Tensor, tokens: int = 8,
 
 
 @contextmanager
+def _on_loop(blocks: list[nn.Module]) -> Iterator[None]:
+    """Run ``blocks`` on the engine's loop backend, which draws the noise for every block
+    kind (a fused kernel may not), so every ε of a sweep runs the same arithmetic."""
+    saved = [b.backend for b in blocks]
+    try:
+        for b in blocks:
+            b.backend = "loop"
+        yield
+    finally:
+        for b, backend in zip(blocks, saved):
+            b.backend = backend
+
+
+@contextmanager
 def _viscous(blocks: list[nn.Module], eps: float) -> Iterator[None]:
-    """Give ``blocks`` viscosity ``eps`` and put them (only them) in training mode, on the
-    engine's loop backend, which draws the noise for every block kind; restore afterwards."""
-    saved = [(b.eps, b.backend, b.training) for b in blocks]
+    """Give ``blocks`` viscosity ``eps`` and put them (only them) in training mode, where the
+    engine adds the noise; restore afterwards."""
+    saved = [(b.eps, b.training) for b in blocks]
     try:
         for b in blocks:
             b.eps = eps
-            b.backend = "loop"
             b.train(eps > 0)
         yield
     finally:
-        for b, (e, backend, training) in zip(blocks, saved):
-            b.eps, b.backend = e, backend
+        for b, (e, training) in zip(blocks, saved):
+            b.eps = e
             b.train(training)
 
 
@@ -186,13 +199,14 @@ def noise_effect(model: nn.Module, ids: Tensor, layers: list[tuple[int, str, nn.
     groups = [(f"layer {i} ({kind})", [b]) for i, kind, b in layers]
     if len(layers) > 1:
         groups.append(("all recurrent layers", [b for _, _, b in layers]))
-    for name, blocks in groups:
-        row = []
-        for eps in eps_grid:
-            torch.manual_seed(seed)
-            with _viscous(blocks, eps):
-                row.append(_bpb(model, ids))
-        per_layer[name] = row
+    with _on_loop([b for _, _, b in layers]):
+        for name, blocks in groups:
+            row = []
+            for eps in eps_grid:
+                torch.manual_seed(seed)
+                with _viscous(blocks, eps):
+                    row.append(_bpb(model, ids))
+            per_layer[name] = row
     return {"eps": list(eps_grid), "bpb": per_layer, "tokens": int(ids[:, 1:].numel())}
 
 
