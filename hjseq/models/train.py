@@ -1,9 +1,13 @@
-"""``hjseq train CONFIG``: train an :class:`~hjseq.models.lm.HJLM` on bytes.
+"""``hjseq train CONFIG``: train an :class:`~hjseq.models.lm.HJLM` on bytes or, with
+``[train] tokenizer = "bpe:N"``, on BPE tokens (:mod:`hjseq.models.tokenizer`).
 
     hjseq train examples/configs/small.toml                  # default corpus: Python stdlib
     hjseq train my.toml --data notes/ --out runs/notes --max-steps 500
     hjseq train --resume runs/small                           # continue exactly
     torchrun --nproc_per_node=2 -m hjseq train small.toml     # DDP (gloo on CPU, nccl on GPU)
+
+Under torchrun, ``[train] parallel = "fsdp"`` shards the model instead of replicating it
+(:mod:`hjseq.models.parallel`).
 
 A resumed run keeps the configuration and the step budget it was started with (both are in
 its checkpoint); ``--max-steps N`` sets a new budget explicitly.
