@@ -33,47 +33,47 @@ def demo_op(monkeypatch):
     _fake_backend("hjseq_test_demo_picky", 0.0, calls, declines="only even lengths")
     monkeypatch.setitem(reg._BACKENDS, "demo", {})
     reg.register("demo", "ref", "hjseq_test_demo_ref", ("cpu",))
-    reg.register("demo", "slow", "hjseq_test_demo_slow", ("cpu",))
-    reg.register("demo", "fast", "hjseq_test_demo_fast", ("cpu",))
-    reg.register("demo", "picky", "hjseq_test_demo_picky", ("cpu",))
-    reg.set_auto_order("demo", "cpu", ("picky", "slow", "fast", "ref"))
+    reg.register("demo", "cpu", "hjseq_test_demo_slow", ("cpu",))
+    reg.register("demo", "triton", "hjseq_test_demo_fast", ("cpu",))
+    reg.register("demo", "native", "hjseq_test_demo_picky", ("cpu",))
+    reg.set_auto_order("demo", "cpu", ("native", "cpu", "triton", "ref"))
     yield calls
     reg._OP_AUTO_ORDER.pop("demo", None)
     reg.set_measured_auto({"cuda"})
-    for m in ("ref", "slow", "fast", "picky"):
+    for m in ("ref", "slow", "fast", "picky"):  # the fake modules, by their names
         sys.modules.pop(f"hjseq_test_demo_{m}", None)
 
 
 def test_static_auto_order_skips_declining_backend(demo_op):
     reg.set_measured_auto({"cuda"})  # cpu not measured: the order decides
     name, _ = reg.resolve("demo", "auto", "cpu", x=torch.zeros(3))
-    assert name == "slow"
+    assert name == "cpu"
 
 
 def test_measured_auto_picks_fastest_and_caches(demo_op):
     reg.set_measured_auto({"cpu"})
     x = torch.zeros(5)
     name, fn = reg.resolve("demo", "auto", "cpu", x=x)
-    assert name == "fast"
+    assert name == "triton"
     assert torch.equal(fn(x=x), x + 1)
     assert "hjseq_test_demo_slow" in demo_op and "hjseq_test_demo_ref" not in demo_op
     key = next(k for k in reg.measured_choices() if k[0] == "demo")
-    assert reg.measured_choices()[key] == "fast"
+    assert reg.measured_choices()[key] == "triton"
     # a shape in the same power-of-two bucket reuses the choice without timing again
     demo_op.clear()
-    assert reg.resolve("demo", "auto", "cpu", x=torch.zeros(7))[0] == "fast"
+    assert reg.resolve("demo", "auto", "cpu", x=torch.zeros(7))[0] == "triton"
     assert demo_op == []
 
 
 def test_measured_auto_is_skipped_for_meta_tensors(demo_op):
     reg.set_measured_auto({"cpu"})
     name, _ = reg.resolve("demo", "auto", "cpu", x=torch.zeros(3, device="meta"))
-    assert name == "slow" and demo_op == []
+    assert name == "cpu" and demo_op == []
 
 
 def test_explicit_backend_never_falls_back(demo_op):
     with pytest.raises(reg.BackendUnavailable, match="does not support this call: only even"):
-        reg.resolve("demo", "picky", "cpu", x=torch.zeros(3))
+        reg.resolve("demo", "native", "cpu", x=torch.zeros(3))
     with pytest.raises(ValueError, match="backend='nope' is not one of"):
         reg.resolve("demo", "nope", "cpu", x=torch.zeros(3))
 
