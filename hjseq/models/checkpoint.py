@@ -168,7 +168,7 @@ def load_pretrained(directory: str | Path, map_location: str = "cpu") -> Any:
     if not isinstance(cfg, dict) or cfg.pop("model_type", None) != "hjseq":
         raise CheckpointError(f"{cfg_path} is not an hjseq config (model_type != 'hjseq'); "
                               "for a Hugging Face Mamba checkpoint use HJLM.from_hf_mamba")
-    model = HJLM(ModelConfig.from_dict(cfg, str(cfg_path), "config"))
+    model = HJLM(ModelConfig.from_saved(cfg, str(cfg_path), "config"))
     try:
         from safetensors.torch import load_file
 

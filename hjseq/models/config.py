@@ -39,6 +39,12 @@ class ConfigError(ValueError):
 # ``hjseq.models.kinds``; hjseq's own are registered in ``hjseq.catalog``.
 
 
+CONFIG_VERSION = 2
+"""Version of the saved model config. 2: attention blocks default to RoPE (``pos =
+"rope"``); configs saved before (no ``config_version``) had position-free attention, and
+:meth:`ModelConfig.from_saved` keeps them so."""
+
+
 @dataclass
 class BlockSpec:
     """One residual block: its kind (a registered name, see :mod:`hjseq.models.kinds`, or
@@ -66,7 +72,21 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "blocks"}
         d["blocks"] = [b.to_dict() for b in self.blocks]
+        d["config_version"] = CONFIG_VERSION
         return d
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, Any], source: str = "<dict>",
+                   prefix: str = "model") -> "ModelConfig":
+        """A config read back from a checkpoint or ``config.json``. One saved before
+        ``config_version`` 2 keeps its meaning: its attention blocks had no positions."""
+        data = dict(data)
+        if "config_version" not in data:
+            data["blocks"] = [dict(b, pos="none") if isinstance(b, Mapping)
+                              and b.get("kind") == "attention" and "pos" not in b else b
+                              for b in data.get("blocks", [])]
+            data["config_version"] = CONFIG_VERSION
+        return cls.from_dict(data, source, prefix)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>",
@@ -204,11 +224,16 @@ def load_config(src: str | Path | Mapping[str, Any]) -> RunConfig:
 def _parse_model(data: Mapping[str, Any], source: str, prefix: str) -> ModelConfig:
     data = dict(data)
     known = {"d_model", "blocks", "repeat", "vocab_size", "norm_eps", "tie_embeddings",
-             "residual_in_fp32"}
+             "residual_in_fp32", "config_version"}
     for key in data:
         if key not in known:
             raise ConfigError(source, f"{prefix}.{key}",
                               f"unknown option; known: {', '.join(sorted(known))}")
+    version = _check_type(data.get("config_version", CONFIG_VERSION), (int,), source,
+                          f"{prefix}.config_version")
+    if not 1 <= version <= CONFIG_VERSION:
+        raise ConfigError(source, f"{prefix}.config_version", f"must be 1..{CONFIG_VERSION} "
+                          f"(this hjseq reads up to {CONFIG_VERSION}), got {version}")
     if "d_model" not in data:
         raise ConfigError(source, f"{prefix}.d_model", "missing (the model width)")
     d_model = _check_type(data["d_model"], (int,), source, f"{prefix}.d_model")

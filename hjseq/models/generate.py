@@ -279,7 +279,7 @@ def load_model(checkpoint: str | Path) -> HJLM:
         return load_pretrained(path / "model")
     if path.is_file() or (path / CHECKPOINT_NAME).is_file():
         ck = load_checkpoint(path)
-        model = HJLM(ModelConfig.from_dict(ck["config"]["model"], str(path), "model"))
+        model = HJLM(ModelConfig.from_saved(ck["config"]["model"], str(path), "model"))
         check_weights(model.state_dict(), ck["model"], path)
         model.load_state_dict(ck["model"])
         return model

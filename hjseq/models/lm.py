@@ -307,7 +307,7 @@ class HJLM(nn.Module):
         if cfg.pop("model_type", None) != "hjseq":
             raise ValueError(f"{cfg_path} is not an hjseq config (model_type != 'hjseq'); "
                              "for a Hugging Face Mamba checkpoint use HJLM.from_hf_mamba")
-        model = cls(ModelConfig.from_dict(cfg, str(cfg_path), "config"))
+        model = cls(ModelConfig.from_saved(cfg, str(cfg_path), "config"))
         sd = load_file(str(w_path), device=map_location)
         if model.config.tie_embeddings:
             sd["lm_head.weight"] = sd["embedding.weight"]

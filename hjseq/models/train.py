@@ -575,7 +575,7 @@ def _resume_run(args: argparse.Namespace) -> tuple[RunConfig, Path, Path]:
         out = Path(args.out) if args.out else (where if where.is_dir() else where.parent)
     ck = load_checkpoint(where)
     source = str(out / CHECKPOINT_NAME)
-    run = RunConfig(ModelConfig.from_dict(ck["config"]["model"], source, "model"),
+    run = RunConfig(ModelConfig.from_saved(ck["config"]["model"], source, "model"),
                     TrainConfig.from_dict(ck["config"]["train"], source, "train"), source)
     if args.config is not None:
         given = load_config(args.config)

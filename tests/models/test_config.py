@@ -114,3 +114,22 @@ def test_every_documented_option_builds():
     assert model.layers[3].mixer.d_inner == 24 and model.layers[3].mixer.scheme == "zoh"
     assert model.layers[4].mixer.eps == 1.0 and model.layers[5].mixer.eps == 0.0
     assert model(torch.randint(0, 256, (1, 5))).shape == (1, 5, 256)
+
+
+def test_saved_configs_keep_their_meaning_across_versions(tmp_path):
+    """Attention blocks default to RoPE now; a config saved before config_version 2 (no
+    positions then) still loads position-free, and a new save round-trips as it is."""
+    from hjseq.models import ModelConfig
+
+    model = HJLM({"d_model": 16, "blocks": [{"kind": "attention", "n_heads": 2}]})
+    assert model.layers[0].mixer.pos == "rope"
+    saved = model.config.to_dict()
+    assert saved["config_version"] == 2
+    assert ModelConfig.from_saved(saved).blocks[0].options == {"n_heads": 2}
+    legacy = {k: v for k, v in saved.items() if k != "config_version"}
+    old = HJLM(ModelConfig.from_saved(legacy))
+    assert old.layers[0].mixer.pos == "none"
+    model.save_pretrained(tmp_path / "m")
+    assert HJLM.from_pretrained(tmp_path / "m").layers[0].mixer.pos == "rope"
+    with pytest.raises(ConfigError, match="config_version"):
+        load_config({"d_model": 8, "config_version": 9, "blocks": [{"kind": "gru"}]})
