@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..hamiltonians import LinearSSM
 from ..ops import causal_conv1d, selective_scan
 from ..ops._dtypes import accumulation_dtype
+from ..ops._registry import BackendUnavailable
 from ..schemes import schemes_for
 from ..spec import HJSpec, SoftplusStep
 from .base import RecurrentBlock, State
@@ -181,8 +182,11 @@ def selective_scan_kernel(block: HJMamba, x: Tensor, state: State, noise: Tensor
                           backend: str, time_steps: Tensor | None = None
                           ) -> tuple[Tensor, State]:
     """Closed-form kernel of exactly HJMamba with ``LinearSSM`` under ``euler_b``/``zoh``
-    (registered in :mod:`hjseq.catalog`): its drive through ``hjseq.ops.selective_scan``
-    (noise is never drawn for this block: its viscosity is 0)."""
+    (registered in :mod:`hjseq.catalog`): its drive through ``hjseq.ops.selective_scan``.
+    With noise (ε > 0 while training) it declines: the engine's ``linear_scan`` path adds
+    the noise to the state."""
+    if noise is not None:
+        raise BackendUnavailable("selective_scan has no noise term (viscosity > 0)")
     seq, const, (conv_state, ssm_state) = block.prepare(x, state)
     tr = lambda t: t.transpose(1, 2)  # (B, L, ·) -> (B, ·, L), mamba-ssm's layout
     delta, bias, softplus = seq["delta"], const["delta_bias"], True

@@ -78,6 +78,22 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
+STALE_LOCK_S = 1200.0
+"""A build lock older than this is left by a killed process (no build takes 20 minutes):
+torch's loader would wait on it forever, so it is removed with a message."""
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        _say(f"removing a stale build lock ({age / 60:.0f} min old, left by a killed build): "
+             f"{lock}")
+        lock.unlink(missing_ok=True)
+
+
 def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None = None,
                    extra_cuda_cflags: list[str] | None = None,
                    extra_ldflags: list[str] | None = None, verbose: bool = False) -> ModuleType:
@@ -104,6 +120,7 @@ def load_extension(name: str, sources: list[str], extra_cflags: list[str] | None
                        _cpu_signature())).encode())
         build_dir = build_root() / f"{name}-{h.hexdigest()[:16]}"
         build_dir.mkdir(parents=True, exist_ok=True)
+        _clear_stale_lock(build_dir / "lock")
         from torch.utils import cpp_extension
 
         t0 = time.perf_counter()

@@ -548,3 +548,19 @@ def test_head_affine_spec_runs_ssd_equal_to_loop(scheme, groups):
     blk.backend = "loop"
     torch.manual_seed(5)
     assert (blk(x) - noisy).abs().max() <= 1e-12
+
+
+def test_mamba_noise_is_never_dropped_by_its_closed_form():
+    """ε > 0 on HJMamba: the selective-scan kernel has no noise term, so it declines and the
+    linear_scan path adds the same draws the loop adds."""
+    blk = HJMamba(4, d_state=3, d_conv=3, expand=1, dtype=f64).train()
+    blk.eps = 0.05
+    x = torch.randn(2, 6, 4, dtype=f64)
+    torch.manual_seed(11)
+    fused = blk(x)
+    blk.backend = "loop"
+    torch.manual_seed(11)
+    looped = blk(x)
+    assert (fused - looped).abs().max() <= 1e-12
+    blk.eval()
+    assert (blk(x) - fused).abs().max() > 1e-6
