@@ -349,6 +349,10 @@ def train(run: RunConfig, out_dir: str | Path, *, resume: bool | str | Path = Fa
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        # the learning rate of the resumed step under this run's budget (a new --max-steps
+        # changes the schedule; with the same budget this is the saved value, bit for bit)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_factor(scheduler.last_epoch, cfg)
         set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
         start, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
     ddp = P.wrap(model, cfg.parallel, d.enabled, d.device)
