@@ -19,6 +19,7 @@ from .nn.gru import HJGRU
 from .nn.lstm import HJLSTM
 from .nn.mamba2 import HJMamba2
 from .nn.mamba3 import HJMamba3, RotatingSSM, mamba3_kernel
+from .nn.retention import HJRetention
 from .nn.rnn import HJRNN
 from .nn.ssm import HJMamba, selective_scan_kernel
 
@@ -115,3 +116,6 @@ register_block("mamba3", HJMamba3, options={
     "dt_max": ((float,), "time-step init range, upper end"),
     "backend": ((str,), "mamba3_siso backend, or 'loop'"),
 })
+
+# retention: a 30-line spec on the ssd path; its options are read off its constructor
+register_block("retention", HJRetention)

@@ -564,3 +564,16 @@ def test_mamba_noise_is_never_dropped_by_its_closed_form():
     assert (fused - looped).abs().max() <= 1e-12
     blk.eval()
     assert (blk(x) - fused).abs().max() > 1e-6
+
+
+def test_retention_kind_in_an_lm_decodes_like_its_forward():
+    from hjseq.models import HJLM
+
+    model = HJLM({"d_model": 16, "blocks": [{"kind": "retention", "n_heads": 2}]}).double()
+    assert model.layers[0].mixer.fused_path() == "ssd"
+    ids = torch.randint(0, 256, (2, 9))
+    full = model(ids)
+    state = None
+    for t in range(9):
+        logits, state = model.step(ids[:, t], state)
+        assert (logits - full[:, t]).abs().max() <= 1e-10
