@@ -1,23 +1,18 @@
-"""Blocks. Recurrent ones (HJRNN, HJGRU, HJLSTM, HJMamba) run on the one engine
-(:mod:`hjseq.engine`); HJAttention and LSELayer (``attention.py``, ``lse.py``) are imported
-lazily."""
+"""Blocks. The recurrent ones (HJRNN, HJGRU, HJLSTM, HJMamba, HJMamba2, HJMamba3,
+HJRetention, and any ``RecurrentBlock`` a user writes) run on the one engine
+(:mod:`hjseq.engine`); HJAttention and LSELayer are the exact Hopf–Cole blocks."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .attention import HJAttention
 from .base import RecurrentBlock
 from .gru import HJGRU
+from .lse import LSELayer
 from .lstm import HJLSTM
+from .mamba2 import HJMamba2
+from .mamba3 import HJMamba3
+from .retention import HJRetention
 from .rnn import HJRNN
+from .ssm import HJMamba
 
-_LAZY = {"HJMamba": ".ssm", "HJMamba2": ".mamba2", "HJMamba3": ".mamba3", "HJAttention": ".attention", "LSELayer": ".lse"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["HJRNN", "HJGRU", "HJLSTM", "HJMamba", "HJMamba2", "HJMamba3", "HJAttention", "LSELayer", "RecurrentBlock"]
+__all__ = ["HJRNN", "HJGRU", "HJLSTM", "HJMamba", "HJMamba2", "HJMamba3", "HJRetention",
+           "HJAttention", "LSELayer", "RecurrentBlock"]
