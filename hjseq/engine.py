@@ -337,29 +337,21 @@ def _run_fused(block: Any, x: Tensor, state: Any, noise: Tensor | None, backend:
     A declining path falls to the next one under "auto"/"ref"; a named backend re-raises.
     A closed-form kernel takes irregular ``time_steps`` only if it says so
     (``supports_time_steps``); the structural paths always do."""
-    path = fused_path(block, noisy=noise is not None)
-    structural = tokenwise(block) and "affine" in type(block.spec.hamiltonian).structures()
+    structural = {"ssd": [ssd_path, linear_scan_path], "linear_scan": [linear_scan_path],
+                  "loop": []}[fused_path(block, noise is not None, closed_form=False)]
     closed = find_kernel(block)
-    if path == "closed_form" and time_steps is not None \
-            and not getattr(closed, "supports_time_steps", False):
-        path = fused_path(block, noise is not None, closed_form=False)
-    chain = {"closed_form": [closed, linear_scan_path],
-             "ssd": [ssd_path, linear_scan_path],
-             "linear_scan": [linear_scan_path], "loop": []}[path]
-    if path == "closed_form" and not structural:
-        chain = chain[:1]
-    reasons = []
-    for kernel in chain:
+    usable = closed is not None and (time_steps is None
+                                     or getattr(closed, "supports_time_steps", False))
+    for kernel in ([closed] if usable else []) + structural:
         try:
             if kernel is closed:
                 if time_steps is not None:
                     return kernel(block, x, state, noise, backend, time_steps=time_steps)
                 return kernel(block, x, state, noise, backend)
             return kernel(block, x, state, noise, backend, previous_input, time_steps)
-        except BackendUnavailable as e:
+        except BackendUnavailable:
             if backend not in ("auto", "ref"):
                 raise
-            reasons.append(str(e))
     if backend not in ("auto", "ref"):
         raise BackendUnavailable(
             f"{type(block).__name__}: backend={backend!r} names a fused kernel, but no fused "
