@@ -24,6 +24,19 @@
 
 namespace {
 
+// One chunk of the state passing, in either direction: the chunk's slot sc (its local
+// contribution) receives the state entering it, and the carry moves past it:
+// sc <- carry, carry <- a * carry + sc_local.
+template <typename T>
+inline void pass_state(T* sc, T* carry, T a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T loc = sc[i];
+    sc[i] = carry[i];
+    carry[i] = a * carry[i] + loc;
+  }
+}
+
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
 #else
@@ -230,12 +243,7 @@ void forward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, co
       for (int64_t c = plan.first[s]; c < plan.first[s + 1]; ++c) {
         T* sc = st + (c * H + hh) * N * P;
         const T a = dtot[c * H + hh];
-#pragma omp simd
-        for (int64_t i = 0; i < N * P; ++i) {
-          const T loc = sc[i];
-          sc[i] = carry[i];
-          carry[i] = a * carry[i] + loc;
-        }
+        pass_state(sc, carry.data(), a, N * P);
       }
       std::copy(carry.begin(), carry.end(), fin + job * N * P);
     }
@@ -306,12 +314,7 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
       for (int64_t c = plan.first[s + 1] - 1; c >= plan.first[s]; --c) {
         T* sc = dso.data() + (c * H + hh) * N * P;
         const T a = dtot[c * H + hh];
-#pragma omp simd
-        for (int64_t i = 0; i < N * P; ++i) {
-          const T loc = sc[i];
-          sc[i] = carry[i];
-          carry[i] = a * carry[i] + loc;
-        }
+        pass_state(sc, carry.data(), a, N * P);
       }
       std::copy(carry.begin(), carry.end(), dinit + job * N * P);
     }
