@@ -194,14 +194,18 @@ def test_ssd_dt_limit_and_dtypes():
 def _mamba():
     """mamba-ssm's pure-torch references, importable on CPU once its CUDA extensions are
     stubbed; None (with the reason) when mamba-ssm is not installed."""
-    for m in ("selective_scan_cuda", "causal_conv1d_cuda"):
-        sys.modules.setdefault(m, types.ModuleType(m))
+    stubs = [m for m in ("selective_scan_cuda", "causal_conv1d_cuda") if m not in sys.modules]
+    for m in stubs:
+        sys.modules[m] = types.ModuleType(m)
     try:
         import mamba_ssm.ops.selective_scan_interface as ssi
         from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
         from mamba_ssm.ops.triton import ssd_combined
     except ImportError as e:
         return None, f"mamba-ssm not importable: {e}"
+    finally:  # no stand-in stays behind: other tests (transformers') probe these modules
+        for m in stubs:
+            sys.modules.pop(m, None)
     return (ssd_minimal_discrete, ssd_combined, ssi), None
 
 
