@@ -5,8 +5,9 @@
 
 On a checkpoint (a ``hjseq train`` output directory, its ``model/`` directory or
 ``checkpoint.pt``, as ``hjseq generate`` loads them) it reads windows of real validation
-text (the run's own validation split; ``--data`` for other text, ``--text`` for one prompt;
-models that are not byte-level get seeded random tokens) and reports: for recurrent blocks
+text (the run's own validation split; ``--data`` for other text, ``--text`` for one prompt),
+encoded with the checkpoint's own tokenizer (bytes, a trained BPE, or an imported model's
+``tokenizer.json``; bpb counts the bytes each token stands for), and reports: for recurrent blocks
 (Mamba, RNN, GRU, LSTM) the step Δ per layer, the decay spectrum, the deviation from the
 characteristic ODE and the effect of ε noise on validation bpb (:mod:`hjseq.analysis.recurrent`);
 per-head attention entropies; per-LSE-unit attribution entropies and the curvature bound;
@@ -21,11 +22,15 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from hjseq.cli import UserError
+
+if TYPE_CHECKING:
+    from hjseq.models.tokenizer import Tokenizer
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +54,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ode-tokens", type=int, default=8, metavar="K",
                         help="tokens compared against the characteristic ODE per recurrent layer")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the ε-noise draws (and of random tokens)")
+                        help="seed of the ε-noise draws")
     parser.add_argument("--no-plots", action="store_true", help="write JSON only")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's)")
@@ -74,18 +79,22 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
         return 0
     from hjseq.analysis import recurrent
-    from hjseq.models.generate import load_model
+    from hjseq.models.evaluate import load_model_and_tokenizer
 
     t0 = time.perf_counter()
     src = Path(args.checkpoint)
-    model = load_model(src).eval()
+    model, tok = load_model_and_tokenizer(src)
+    model.eval()
     run_dir = src.parent if src.is_file() or src.name == "model" else src
     out = Path(args.out) if args.out else run_dir / "analysis"
-    ids, source = analysis_ids(model, src, args)
+    ids, source = analysis_ids(model, tok, src, args)
     result = analyze_model(model, ids[:, :-1])
     result["input"] = source
+    result["tokenizer"] = tok.name
+    byte_lengths = None if tok.name == "bytes" else tok.byte_lengths
     result["recurrent"] = recurrent.analyze_recurrent(model, ids[:, :-1], ids,
-                                                      ode_tokens=args.ode_tokens, seed=args.seed)
+                                                      ode_tokens=args.ode_tokens, seed=args.seed,
+                                                      byte_lengths=byte_lengths)
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=1))
     print(summary_text(result))
@@ -109,27 +118,34 @@ def _run_train_config(src: Path) -> dict:
     return {}
 
 
-def analysis_ids(model: nn.Module, src: Path, args: argparse.Namespace) -> tuple[Tensor, str]:
-    """Token ids ``(B, L+1)`` to analyze (the last column is the next-byte target of the
-    noise sweep) and a description of where they come from: ``--text``; else, for byte-level
-    models, ``--batch`` evenly spaced windows of the validation split of ``--data`` or of the
-    run's own data; else seeded random tokens."""
+def analysis_ids(model: nn.Module, tok: "Tokenizer", src: Path,
+                 args: argparse.Namespace) -> tuple[Tensor, str]:
+    """Token ids ``(B, L+1)`` to analyze (the last column is the next-token target of the
+    noise sweep) and a description of where they come from: ``--text``, else ``--batch``
+    evenly spaced windows of ``--seq-len + 1`` tokens of the validation split of ``--data``
+    or of the run's own data, both encoded with ``tok``, the checkpoint's tokenizer."""
     from hjseq.models import data as D
 
-    vocab = model.config.vocab_size
     if args.text is not None:
-        return prompt_ids(model, args.text, 1, 1, args.seed), "--text"
-    if vocab != 256:
-        ids = prompt_ids(model, None, args.batch, args.seq_len + 1, args.seed)
-        return ids, f"random tokens (vocab_size {vocab} is not byte-level)"
+        ids = tok.encode(args.text)
+        if not ids:
+            raise UserError("--text is empty; give a prompt of at least one character")
+        return torch.tensor([ids]), "--text"
     train_cfg = _run_train_config(src)
     data = args.data if args.data is not None else train_cfg.get("data")
-    corpus = D.load_corpus(data, train_cfg.get("val_fraction", 0.05))
-    D.check_lengths(corpus, args.seq_len, args.batch, train_cfg.get("val_fraction", 0.05))
-    offsets = D.val_offsets(corpus.val, args.batch, args.seq_len)
-    x, y = D.windows(corpus.val, offsets, args.seq_len)
-    return (torch.cat([x, y[:, -1:]], 1),
-            f"{args.batch} windows of {args.seq_len} bytes of the validation split of {corpus.name}")
+    val_fraction = train_cfg.get("val_fraction", 0.05)
+    corpus = D.load_corpus(data, val_fraction)
+    val = corpus.val if tok.name == "bytes" else tok.encode_bytes(bytes(corpus.val.numpy()))
+    unit = "bytes" if tok.name == "bytes" else "tokens"
+    if val.numel() < args.seq_len + 2:
+        raise UserError(f"the validation split of {corpus.name} holds {val.numel()} {unit}, "
+                        f"fewer than --seq-len + 2 = {args.seq_len + 2}; give a smaller "
+                        "--seq-len or more --data")
+    offsets = D.val_offsets(val, args.batch, args.seq_len)
+    x, y = D.windows(val, offsets, args.seq_len)
+    return (torch.cat([x, y[:, -1:]], 1).long(),
+            f"{args.batch} windows of {args.seq_len} {unit} of the validation split of "
+            f"{corpus.name}")
 
 
 def summary_text(result: dict) -> str:
@@ -159,23 +175,6 @@ def summary_text(result: dict) -> str:
         lines.append(f"tropical (ε → 0) model: next-token agreement "
                      f"{trop['next_token_agreement']:.3f}, max |Δlogit| {trop['max_abs_logit_change']:.3g}")
     return "\n".join(lines)
-
-
-def prompt_ids(model: nn.Module, text: str | None, batch: int, seq_len: int, seed: int) -> Tensor:
-    """``(B, L)`` token ids: the UTF-8 bytes of ``text`` (byte-level vocabularies), else
-    seeded random tokens."""
-    vocab = model.config.vocab_size
-    if text is not None:
-        if vocab < 256:
-            raise UserError(f"--text needs a byte-level model (vocab_size >= 256), this one has {vocab}")
-        ids = list(text.encode("utf-8"))
-        if not ids:
-            raise UserError("--text is empty; give a prompt of at least one character")
-        return torch.tensor([ids])
-    if batch < 1 or seq_len < 1:
-        raise UserError(f"--batch and --seq-len must be >= 1, got {batch}, {seq_len}")
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (batch, seq_len), generator=gen)
 
 
 def _capture_inputs(model: nn.Module, ids: Tensor, types: tuple) -> dict[str, Tensor]:

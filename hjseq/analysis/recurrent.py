@@ -183,15 +183,21 @@ def _viscous(blocks: list[nn.Module], eps: float) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _bpb(model: nn.Module, ids: Tensor) -> float:
+def _bpb(model: nn.Module, ids: Tensor, byte_lengths: Tensor | None = None) -> float:
+    """Bits per byte of the next-token targets ``ids[:, 1:]``: summed nats over the bytes
+    the targets stand for (``byte_lengths (V,)``; None: one byte per token)."""
     logits = model(ids[:, :-1]).float()
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-    return bits_per_byte(float(ce))
+    targets = ids[:, 1:].flatten()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets, reduction="sum")
+    n_bytes = targets.numel() if byte_lengths is None else int(byte_lengths[targets].sum())
+    return bits_per_byte(float(ce) / max(n_bytes, 1))
 
 
 def noise_effect(model: nn.Module, ids: Tensor, layers: list[tuple[int, str, nn.Module]],
-                 eps_grid: tuple[float, ...] = EPS_GRID, seed: int = 0) -> dict[str, Any]:
-    """Validation bits per byte of ``model`` on ``ids (B, L+1)`` (next-byte targets) when the
+                 eps_grid: tuple[float, ...] = EPS_GRID, seed: int = 0,
+                 byte_lengths: Tensor | None = None) -> dict[str, Any]:
+    """Validation bits per byte of ``model`` on ``ids (B, L+1)`` (next-token targets, each
+    ``byte_lengths[token]`` bytes of text; None: byte-level) when the
     recurrent ``layers`` carry viscosity ε ∈ ``eps_grid``: each layer alone, and all at once.
     The noise is seeded, so every ε sees the same draws ξ (scaled by √(2εΔ))."""
     model.eval()
@@ -205,16 +211,17 @@ def noise_effect(model: nn.Module, ids: Tensor, layers: list[tuple[int, str, nn.
             for eps in eps_grid:
                 torch.manual_seed(seed)
                 with _viscous(blocks, eps):
-                    row.append(_bpb(model, ids))
+                    row.append(_bpb(model, ids, byte_lengths))
             per_layer[name] = row
     return {"eps": list(eps_grid), "bpb": per_layer, "tokens": int(ids[:, 1:].numel())}
 
 
 def analyze_recurrent(model: nn.Module, ids: Tensor, noise_ids: Tensor | None = None,
                       ode_tokens: int = 8, eps_grid: tuple[float, ...] = EPS_GRID,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, byte_lengths: Tensor | None = None) -> dict[str, Any]:
     """The four measurements of the module docstring for every recurrent layer of ``model``,
-    on token ids ``(B, L)`` (``noise_ids (B, L+1)`` for the bpb sweep; default ``ids``).
+    on token ids ``(B, L)`` (``noise_ids (B, L+1)`` for the bpb sweep; default ``ids``;
+    ``byte_lengths (V,)``: the bytes each token stands for, None for byte-level models).
     Returns ``{"layers": [...], "noise": {...}}`` (JSON-able); empty lists without
     recurrent layers."""
     layers = recurrent_layers(model)
@@ -229,7 +236,8 @@ def analyze_recurrent(model: nn.Module, ids: Tensor, noise_ids: Tensor | None = 
                      else float(block.eps.detach().max()),
                      "step": step, "decay": decay,
                      "ode": ode_deviation(block, x, ode_tokens)})
-    noise = noise_effect(model, ids if noise_ids is None else noise_ids, layers, eps_grid, seed)
+    noise = noise_effect(model, ids if noise_ids is None else noise_ids, layers, eps_grid, seed,
+                         byte_lengths)
     return {"layers": rows, "noise": noise}
 
 

@@ -74,3 +74,33 @@ def test_eval_errors(tmp_path, capsys):
     assert cli(["eval", "--checkpoint", str(tmp_path / "m"), "--data", str(short)]) == 2
     assert "fewer than seq_len + 1" in capsys.readouterr().err
     assert cli(["eval", "--checkpoint", str(tmp_path / "none"), "--data", str(short)]) == 2
+
+
+def test_analyze_reads_with_the_checkpoint_tokenizer(tmp_path, tiny_run, capsys):
+    """``hjseq analyze`` on a BPE run: validation windows and ``--text`` are encoded with the
+    run's tokenizer, and the noise sweep's ε = 0 bpb is the bits per byte of those windows
+    (nats over the bytes the target tokens stand for), as ``hjseq eval`` counts them."""
+    run = tiny_run(tokenizer="bpe:300", steps=2, eval_interval=2)
+    train(run, tmp_path / "run")
+    out = tmp_path / "lens"
+    assert cli(["analyze", str(tmp_path / "run"), "--out", str(out), "--seq-len", "16",
+                "--batch", "3", "--ode-tokens", "2", "--no-plots"]) == 0
+    got = json.loads((out / "analysis.json").read_text())
+    assert got["tokenizer"] == str(tmp_path / "run" / "model" / "tokenizer.json")
+    assert got["input"].startswith("3 windows of 16 tokens of the validation split")
+    model, tok = load_model_and_tokenizer(tmp_path / "run")
+    corpus = D.load_corpus(run.train.data, run.train.val_fraction)
+    ids = tok.encode_bytes(bytes(corpus.val.numpy()))
+    offsets = D.val_offsets(ids, 3, 16)
+    want = score_windows(model.eval(), ids, offsets, 16, tok.byte_lengths)
+    assert want.bytes > want.tokens  # the windows hold multi-byte tokens
+    (row,) = got["recurrent"]["noise"]["bpb"].values()  # one recurrent layer (the GRU)
+    assert got["recurrent"]["noise"]["eps"][0] == 0.0
+    assert row[0] == pytest.approx(want.bpb, rel=1e-5)
+
+    assert cli(["analyze", str(tmp_path / "run"), "--out", str(out), "--text",
+                "def main():\n    return 0\n", "--ode-tokens", "2", "--no-plots"]) == 0
+    got = json.loads((out / "analysis.json").read_text())
+    n_tokens = len(tok.encode("def main():\n    return 0\n"))
+    assert got["input"] == "--text" and got["recurrent"]["noise"]["tokens"] == n_tokens - 1
+    assert n_tokens < len("def main():\n    return 0\n")
