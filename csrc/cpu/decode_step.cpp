@@ -7,6 +7,9 @@
 //             (conv_state shifts by one);  dt, Bv, Cv = x_proj(u);
 //             Δ = softplus(dt_proj(dt) + b);  s ← exp(ΔA) s + B̄ u  (B̄ = Δ B | Δ φ1(ΔA) B);
 //             y = (C·s + D u) ⊙ silu(z);  out_proj(y)
+//     mamba2: z0, x0, z, xBC, dt = in_proj(h);  x, B, C = silu(conv(xBC)) (conv state shifts);
+//             Δ = clamp(softplus(dt + dt_bias));  S_h ← e^{Δa_h} S_h + β x_h Bᵀ (β = Δ | Δ φ1);
+//             y = S C + D x;  out_proj([silu(z0) ⊙ x0, RMSNorm_G(y ⊙ silu(z))])
 //     rnn:    s ← s + Δ(−s + tanh(W_ih h + b_ih + W_hh s + b_hh));           out_proj(s)
 //     gru:    r, q = σ(·), n = tanh(gi_n + r ⊙ gh_n);  s ← s + Δ(1 − q)(n − s);  out_proj(s)
 //     lstm:   i, f, g, o;  c ← c + Δ(−(1 − f) c + i g);  s = o tanh(c);          out_proj(s)
@@ -252,20 +255,24 @@ HJSEQ_INLINE T phi1(T u) {
   return std::expm1(u) / u;
 }
 
-enum Kind { kMamba = 0, kRNN = 1, kGRU = 2, kLSTM = 3, kLSE = 4 };
+enum Kind { kMamba = 0, kRNN = 1, kGRU = 2, kLSTM = 3, kLSE = 4, kMamba2 = 5 };
 
 struct Layer {
   int kind = 0;
   at::Tensor norm_w;        // (d,) T
   double norm_eps = 1e-5;
   Lin in_proj, x_proj, dt_proj, out_proj, w_ih, w_hh;
-  at::Tensor conv_w, conv_b, A, D;  // (Di, W) T, (Di,) T, (Di, N) T, (Di,) T
+  // mamba: conv_w (Di, W), conv_b (Di,), A (Di, N), D (Di,);
+  // mamba2: conv_w (conv_dim, W), conv_b (conv_dim,), A (H,), D (d_ssm,), dt_bias (H,),
+  // gnorm_w (d_ssm,): the gated RMSNorm's weight (undefined without the norm)
+  at::Tensor conv_w, conv_b, A, D, dt_bias, gnorm_w;
   int64_t d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0, hidden = 0, units = 0,
           atoms = 0;
-  bool zoh = false;
-  double dt = 1.0, eps = 1.0;
+  int64_t heads = 0, headdim = 0, ngroups = 0, d_ssm = 0, d_mlp = 0, conv_dim = 0;  // mamba2
+  bool zoh = false, norm_before_gate = false;
+  double dt = 1.0, eps = 1.0, dt_lo = 0.0, dt_hi = 0.0, gnorm_eps = 1e-5;
   int n_states() const {
-    return kind == kMamba || kind == kLSTM ? 2 : (kind == kLSE ? 0 : 1);
+    return kind == kMamba || kind == kMamba2 || kind == kLSTM ? 2 : (kind == kLSE ? 0 : 1);
   }
 };
 
@@ -279,10 +286,32 @@ struct Scratch {
   void fit(std::vector<T>& v, int64_t n) { if ((int64_t)v.size() < n) v.resize(n); }
 };
 
+// One step of the depthwise causal conv over C channels of B rows, then SiLU:
+//   u[b, c] = silu(bias[c] + Σ_{k<W−1} w[c, k] st[b, c, k] + w[c, W−1] xin[b, c]),
+// and the state st (B, C, W−1) shifts by one, taking xin as its newest column.
+template <typename T>
+void conv_step(const Layer& L, const T* xin, int64_t ldin, T* st, int64_t B, int64_t C, T* u,
+               int64_t ldu) {
+  const int64_t W = L.d_conv;
+  const T *cw = ptr<T>(L.conv_w), *cb = ptr<T>(L.conv_b);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t d = 0; d < C; ++d) {
+      T* sd = st + (b * C + d) * (W - 1);
+      const T* w = cw + d * W;
+      const T xi = xin[b * ldin + d];
+      T pre = (cb ? cb[d] : T(0)) + w[W - 1] * xi;
+      for (int64_t k = 0; k < W - 1; ++k) pre += w[k] * sd[k];
+      for (int64_t k = 0; k + 1 < W - 1; ++k) sd[k] = sd[k + 1];
+      if (W > 1) sd[W - 2] = xi;
+      u[b * ldu + d] = hjseq::silu_(pre);
+    }
+  }
+}
+
 template <typename T>
 void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Tensor& conv,
                 at::Tensor& ssm, Scratch<T>& S) {
-  const int64_t Di = L.d_inner, N = L.d_state, W = L.d_conv, R = L.dt_rank;
+  const int64_t Di = L.d_inner, N = L.d_state, R = L.dt_rank;
   const int64_t ldx = R + 2 * N;
   S.fit(S.a, B * 2 * Di);
   S.fit(S.b, B * Di);
@@ -290,20 +319,7 @@ void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Ten
   S.fit(S.d, B * Di);
   T *xz = S.a.data(), *u = S.b.data(), *xdbl = S.c.data(), *y = S.d.data();
   linear<T>(L.in_proj, h, B, dm, xz, 2 * Di, false);
-  T* cs = conv.data_ptr<T>();
-  const T *cw = ptr<T>(L.conv_w), *cb = ptr<T>(L.conv_b);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t d = 0; d < Di; ++d) {
-      T* st = cs + (b * Di + d) * (W - 1);
-      const T* w = cw + d * W;
-      const T xi = xz[b * 2 * Di + d];
-      T pre = (cb ? cb[d] : T(0)) + w[W - 1] * xi;
-      for (int64_t k = 0; k < W - 1; ++k) pre += w[k] * st[k];
-      for (int64_t k = 0; k + 1 < W - 1; ++k) st[k] = st[k + 1];
-      if (W > 1) st[W - 2] = xi;
-      u[b * Di + d] = hjseq::silu_(pre);
-    }
-  }
+  conv_step<T>(L, xz, 2 * Di, conv.data_ptr<T>(), B, Di, u, Di);
   linear<T>(L.x_proj, u, B, Di, xdbl, ldx, false);
   linear<T>(L.dt_proj, xdbl, B, ldx, y, Di, false);  // Δ before softplus, into y
   T* hs = ssm.data_ptr<T>();
@@ -339,6 +355,76 @@ void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Ten
       y[j] = acc * hjseq::silu_(xz[b * 2 * Di + Di + d]);
     }
   });
+  linear<T>(L.out_proj, y, B, Di, x, dm, true);
+}
+
+// Mamba-2 (hjseq/nn/mamba2.py, HJMamba2.step). in_proj(h) = [z0, x0, z, xBC, dt] of widths
+// (M, M, d_ssm, conv_dim, H); xBC → conv + SiLU → x (H, P), B, C (G, N), head h reading
+// group h / (H/G);  Δ = clamp(softplus(dt + dt_bias), lo, hi);
+//   S ← e^{Δa} S + β x Bᵀ  (β = Δ, or Δ φ1(Δa) for zoh);   y = S C + D x
+// then the gate: RMSNorm_G(y ⊙ silu(z)) (norm_before_gate: RMSNorm_G(y) ⊙ silu(z); no norm:
+// y ⊙ silu(z)), the MLP lanes silu(z0) ⊙ x0 in front, and out_proj. ssm (B, H, P, N).
+template <typename T>
+void mamba2_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Tensor& conv,
+                 at::Tensor& ssm, Scratch<T>& S) {
+  const int64_t M = L.d_mlp, Ds = L.d_ssm, Cd = L.conv_dim, H = L.heads, P = L.headdim,
+                N = L.d_state, G = L.ngroups, Z = L.in_proj.out, Di = M + Ds;
+  S.fit(S.a, B * Z);
+  S.fit(S.b, B * Cd);
+  S.fit(S.c, B * H);
+  S.fit(S.d, B * Di);
+  T *zx = S.a.data(), *xbc = S.b.data(), *delta = S.c.data(), *y = S.d.data();
+  linear<T>(L.in_proj, h, B, dm, zx, Z, false);
+  conv_step<T>(L, zx + 2 * M + Ds, Z, conv.data_ptr<T>(), B, Cd, xbc, Cd);
+  const T *dtb = ptr<T>(L.dt_bias), *A = ptr<T>(L.A), *Dv = ptr<T>(L.D);
+  const T lo = static_cast<T>(L.dt_lo), hi = static_cast<T>(L.dt_hi);
+  for (int64_t j = 0; j < B * H; ++j) {
+    const T v = hjseq::softplus_(zx[(j / H) * Z + 2 * M + Ds + Cd + j % H] + dtb[j % H]);
+    delta[j] = std::min(std::max(v, lo), hi);
+  }
+  T* hs = ssm.data_ptr<T>();
+  const bool zoh = L.zoh;
+  // one task row = one (b, head, p) row of N state entries
+  pfor(B * H * P, std::max<int64_t>(1, 32768 / N), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / (H * P), hd = (r / P) % H, c = hd * P + r % P;
+      const T dl = delta[b * H + hd], dA = dl * A[hd];
+      const T decay = hjseq::exp_(dA), xv = xbc[b * Cd + c];
+      const T bx = (zoh ? dl * phi1(dA) : dl) * xv;
+      const T* Bv = xbc + b * Cd + Ds + (hd / (H / G)) * N;
+      const T* Cv = Bv + G * N;
+      T* hr = hs + r * N;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t n = 0; n < N; ++n) {
+        const T hv = decay * hr[n] + bx * Bv[n];
+        hr[n] = hv;
+        acc += hv * Cv[n];
+      }
+      y[b * Di + M + c] = acc + Dv[c] * xv;
+    }
+  });
+  const T* gw = ptr<T>(L.gnorm_w);
+  const int64_t gs = Ds / G;  // channels per norm group
+  const T geps = static_cast<T>(L.gnorm_eps);
+  for (int64_t b = 0; b < B; ++b) {
+    const T* zb = zx + b * Z;
+    T* yb = y + b * Di;
+    for (int64_t i = 0; i < M; ++i) yb[i] = hjseq::silu_(zb[i]) * zb[M + i];
+    T* ys = yb + M;
+    const T* z = zb + 2 * M;
+    if (!gw || !L.norm_before_gate) {
+      for (int64_t i = 0; i < Ds; ++i) ys[i] *= hjseq::silu_(z[i]);
+    }
+    if (gw) {
+      for (int64_t g = 0; g < G; ++g) {
+        rmsnorm<T>(ys + g * gs, gw + g * gs, 1, gs, geps, ys + g * gs);  // in place
+      }
+    }
+    if (gw && L.norm_before_gate) {
+      for (int64_t i = 0; i < Ds; ++i) ys[i] *= hjseq::silu_(z[i]);
+    }
+  }
   linear<T>(L.out_proj, y, B, Di, x, dm, true);
 }
 
@@ -444,6 +530,37 @@ class Model {
         L.zoh = num("zoh") != 0;
         TORCH_CHECK(L.in_proj.out == 2 * L.d_inner && L.x_proj.out == L.dt_rank + 2 * L.d_state,
                     "decode_step: inconsistent mamba shapes in layer ", i);
+      } else if (L.kind == kMamba2) {
+        L.in_proj = make_lin(t, "in_proj", T_);
+        L.out_proj = make_lin(t, "out_proj", T_);
+        L.conv_w = get(t, "conv_w").to(T_).contiguous();
+        auto cb = t.find("conv_b");
+        if (cb != t.end()) L.conv_b = cb->second.to(T_).contiguous();
+        auto gw = t.find("gnorm");
+        if (gw != t.end()) L.gnorm_w = gw->second.to(T_).contiguous();
+        L.A = get(t, "A").to(T_).contiguous();
+        L.D = get(t, "D").to(T_).contiguous();
+        L.dt_bias = get(t, "dt_bias").to(T_).contiguous();
+        L.heads = L.A.size(0);
+        L.headdim = static_cast<int64_t>(num("headdim"));
+        L.ngroups = static_cast<int64_t>(num("ngroups"));
+        L.d_ssm = L.heads * L.headdim;
+        L.conv_dim = L.conv_w.size(0);
+        L.d_conv = L.conv_w.size(1);
+        L.d_state = (L.conv_dim - L.d_ssm) / (2 * L.ngroups);
+        L.d_mlp = (L.in_proj.out - L.d_ssm - L.conv_dim - L.heads) / 2;
+        L.zoh = num("zoh") != 0;
+        L.norm_before_gate = num("norm_before_gate") != 0;
+        L.gnorm_eps = num("gnorm_eps");
+        L.dt_lo = num("dt_lo");
+        L.dt_hi = num("dt_hi");
+        TORCH_CHECK(L.heads % L.ngroups == 0 && L.d_ssm % L.ngroups == 0 &&
+                        L.conv_dim == L.d_ssm + 2 * L.ngroups * L.d_state &&
+                        L.in_proj.out == 2 * L.d_mlp + L.d_ssm + L.conv_dim + L.heads &&
+                        L.out_proj.in == L.d_mlp + L.d_ssm && L.D.numel() == L.d_ssm &&
+                        L.dt_bias.numel() == L.heads &&
+                        (!L.gnorm_w.defined() || L.gnorm_w.numel() == L.d_ssm),
+                    "decode_step: inconsistent mamba2 shapes in layer ", i);
       } else if (L.kind == kRNN || L.kind == kGRU || L.kind == kLSTM) {
         L.w_ih = make_lin(t, "w_ih", T_);
         L.w_hh = make_lin(t, "w_hh", T_);
@@ -497,7 +614,7 @@ class Model {
     for (const auto& L : layers_) {
       n += tb(L.norm_w) + bytes(L.in_proj) + bytes(L.x_proj) + bytes(L.dt_proj) +
            bytes(L.out_proj) + bytes(L.w_ih) + bytes(L.w_hh) + tb(L.conv_w) + tb(L.conv_b) +
-           tb(L.A) + tb(L.D);
+           tb(L.A) + tb(L.D) + tb(L.dt_bias) + tb(L.gnorm_w);
     }
     return n;
   }
@@ -520,6 +637,8 @@ class Model {
       rmsnorm<T>(x, L.norm_w.data_ptr<T>(), B, d, static_cast<T>(L.norm_eps), h);
       if (L.kind == kMamba) {
         mamba_step<T>(L, x, h, B, d, states[si], states[si + 1], S);
+      } else if (L.kind == kMamba2) {
+        mamba2_step<T>(L, x, h, B, d, states[si], states[si + 1], S);
       } else if (L.kind == kLSE) {
         lse_step<T>(L, x, h, B, d, S);
       } else {

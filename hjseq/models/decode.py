@@ -4,8 +4,8 @@ CPU (csrc/cpu/decode_step.cpp).
 Decoding a recurrent model reads every weight once per token, so its speed is bounded by
 memory bandwidth, and for small models by per-op Python overhead. The fused step removes
 the overhead (norm, projections as GEMVs, conv-state shift, Δ projection and softplus, state
-update, readout and gate, residual, for every block, then the final norm and head, in one
-call) and lets the projection weights be stored in fewer bytes:
+update, readout and gate or gated norm, residual, for every block, then the final norm and
+head, in one call) and lets the projection weights be stored in fewer bytes:
 
 * ``weights="auto"``: the model's own dtype (float32, float64, or bfloat16 read as float32
   activations);
@@ -17,8 +17,10 @@ activations and states in float32 (float64 for a float64 model). Supported block
 :data:`FUSED_KINDS`; a model with other blocks (attention) raises :class:`NotFusable`.
 
 State: a :class:`DecodeState`, the flat list of per-block state tensors (Mamba: conv_state
-(B, d_inner, d_conv − 1), ssm_state (B, d_inner, d_state); RNN/GRU: h (B, H); LSTM: h, c;
-LSE: none), updated in place by :meth:`FusedDecoder.step`. ``state_from_model`` and
+(B, d_inner, d_conv − 1), ssm_state (B, d_inner, d_state); Mamba-2: conv_state
+(B, d_ssm + 2·ngroups·d_state, d_conv − 1), ssm_state (B, heads, headdim, d_state), the
+layout of ``HJMamba2``; RNN/GRU: h (B, H); LSTM: h, c; LSE: none), updated in place by
+:meth:`FusedDecoder.step`. ``state_from_model`` and
 ``state_to_model`` convert from and to ``HJLM`` states, so a prompt is prefilled with the
 model's own (parallel-scan) forward and continued by the fused step.
 """
@@ -34,8 +36,9 @@ from hjseq.models.lm import HJLM
 from hjseq.models.quantize import WEIGHT_FORMATS, pack_linear
 
 # block kind -> the kernel's layer code (csrc/cpu/decode_step.cpp: enum Kind)
-FUSED_KINDS: dict[str, int] = {"mamba": 0, "rnn": 1, "gru": 2, "lstm": 3, "lse": 4}
-_N_STATES = {"mamba": 2, "rnn": 1, "gru": 1, "lstm": 2, "lse": 0}
+FUSED_KINDS: dict[str, int] = {"mamba": 0, "rnn": 1, "gru": 2, "lstm": 3, "lse": 4,
+                               "mamba2": 5}
+_N_STATES = {"mamba": 2, "rnn": 1, "gru": 1, "lstm": 2, "lse": 0, "mamba2": 2}
 # below this many bytes of weights a step runs on one thread by default (measured: the small
 # shape's 2 MB decode 4,952 tok/s on one thread against 1,062 on two on a busy machine)
 SMALL_MODEL_BYTES = 16_000_000
@@ -147,6 +150,28 @@ class FusedDecoder:
             t["D"] = m.D.detach().to(T)
             s["zoh"] = float(m.scheme == "zoh")
             shapes = [(m.d_inner, m.d_conv - 1), (m.d_inner, m.d_state)]
+        elif layer.kind == "mamba2":
+            if m.scheme not in ("euler_b", "zoh"):
+                raise NotFusable(f"FusedDecoder: mamba2 scheme={m.scheme!r} has no fused step "
+                                 f"(fused: 'euler_b', 'zoh'); decode with HJLM.step instead")
+            for name in ("in_proj", "out_proj"):
+                lin(name, getattr(m, name))
+            t["conv_w"] = m.conv1d.weight.detach()[:, 0].to(T)
+            if m.conv1d.bias is not None:
+                t["conv_b"] = m.conv1d.bias.detach().to(T)
+            if m.rmsnorm:
+                t["gnorm"] = m.norm.weight.detach().to(T)
+                s.update(norm_before_gate=float(m.norm.norm_before_gate),
+                         gnorm_eps=float(m.norm.eps))
+            else:
+                s.update(norm_before_gate=0.0, gnorm_eps=0.0)
+            t["A"] = -torch.exp(m.A_log.detach().to(T))
+            t["dt_bias"] = m.dt_bias.detach().to(T)
+            D = m.D.detach().to(T)  # per head (H,) or per channel (d_ssm,): per channel here
+            t["D"] = D if m.D_has_hdim else D.repeat_interleave(m.headdim)
+            s.update(headdim=float(m.headdim), ngroups=float(m.ngroups),
+                     zoh=float(m.scheme == "zoh"), dt_lo=m.dt_limit[0], dt_hi=m.dt_limit[1])
+            shapes = [(m.conv_dim, m.d_conv - 1), (m.nheads, m.headdim, m.d_state)]
         elif layer.kind in ("rnn", "gru", "lstm"):
             c = m.cell
             t.update(pack_linear("w_ih", c.weight_ih, c.bias_ih, weights, T))
@@ -182,15 +207,15 @@ class FusedDecoder:
         return DecodeState(out)
 
     def state_to_model(self, state: DecodeState) -> list[Any]:
-        """``HJLM`` per-block states from a :class:`DecodeState` (Mamba's ssm_state in the
-        model's accumulation dtype, the rest in the model dtype)."""
+        """``HJLM`` per-block states from a :class:`DecodeState` (Mamba's and Mamba-2's
+        ssm_state in the model's accumulation dtype, the rest in the model dtype)."""
         it = iter(state.tensors)
         res: list[Any] = []
         md, acc = self.model_dtype, self.dtype
         for kind in self.kinds:
             if kind == "lse":
                 res.append(None)
-            elif kind == "mamba":
+            elif kind in ("mamba", "mamba2"):
                 res.append((next(it).to(md), next(it).to(acc)))
             elif kind == "lstm":
                 res.append((next(it).to(md), next(it).to(md)))

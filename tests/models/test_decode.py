@@ -13,10 +13,20 @@ from hjseq.models.generate import (Request, filter_logits, generate, generate_ba
 from hjseq.models.quantize import (dequantize_int8, fake_quantize, quantize_int8,
                                    validation_bpb)
 
+# Mamba-2 options an HJLM config can set (d_model 12, so d_inner 24): groups; the MLP lanes
+# (d_ssm < d_inner), D per channel, norm before the gate, zoh, a short conv without bias,
+# in/out_proj biases, a clamped Δ and the norm's ε; no gated norm and a width-1 conv
+MAMBA2_BLOCKS = [
+    {"kind": "mamba2", "d_state": 4, "headdim": 4, "ngroups": 2},
+    {"kind": "mamba2", "d_state": 5, "headdim": 6, "d_ssm": 12, "D_has_hdim": True,
+     "norm_before_gate": True, "scheme": "zoh", "d_conv": 2, "conv_bias": False, "bias": True,
+     "dt_limit": [0.01, 0.05], "norm_eps": 1e-3},
+    {"kind": "mamba2", "d_state": 3, "headdim": 3, "ngroups": 4, "rmsnorm": False, "d_conv": 1}]
 BLOCKS = [{"kind": "mamba", "d_state": 4}, {"kind": "mamba", "d_state": 3, "scheme": "zoh",
                                             "d_conv": 2},
           {"kind": "lstm", "dt": 0.7}, {"kind": "gru", "dt": 0.5}, {"kind": "rnn"},
-          {"kind": "lse", "n_atoms": 3}, {"kind": "lse", "eps": 0.0}]
+          {"kind": "lse", "n_atoms": 3}, {"kind": "lse", "eps": 0.0}, MAMBA2_BLOCKS[1],
+          MAMBA2_BLOCKS[0]]
 
 
 def _model(dtype=torch.float64, blocks=BLOCKS, seed=0, d=12) -> HJLM:
@@ -34,11 +44,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.mark.parametrize("blocks", [BLOCKS, MAMBA2_BLOCKS], ids=["mixed", "mamba2"])
 @pytest.mark.parametrize("dtype,tol,batch", [(torch.float64, 1e-12, 3),
                                              (torch.float64, 1e-12, 9),  # GEMM path (B >= 8)
                                              (torch.float32, 2e-6, 3)])
-def test_fused_step_equals_hjlm_step_and_forward(dtype, tol, batch):
-    m = _model(dtype)
+def test_fused_step_equals_hjlm_step_and_forward(dtype, tol, batch, blocks):
+    m = _model(dtype, blocks)
     dec = FusedDecoder(m)
     ids = torch.randint(0, 256, (batch, 7), generator=torch.Generator().manual_seed(1))
     full = m(ids)                                        # (B, L, V)
@@ -74,12 +85,13 @@ def test_prefill_then_fused_steps_equal_full_forward_varlen():
     assert torch.equal(sub.tensors[0][1], st.tensors[0][0])
 
 
+@pytest.mark.parametrize("blocks", [BLOCKS, MAMBA2_BLOCKS], ids=["mixed", "mamba2"])
 @pytest.mark.parametrize("batch", [2, 6])  # converted in the loop / through a row buffer
 @pytest.mark.parametrize("fmt", ["bfloat16", "int8"])
-def test_weight_formats_compute_the_rounded_model_exactly(fmt, batch):
+def test_weight_formats_compute_the_rounded_model_exactly(fmt, batch, blocks):
     """bf16/int8 weights with fp32 activations = the float64 model whose projection weights
     hold the rounded values (so the only error is the format's, measured separately)."""
-    m = _model(torch.float32)
+    m = _model(torch.float32, blocks)
     dec = FusedDecoder(m, weights=fmt)
     truth = fake_quantize(m, fmt).double()
     ids = torch.randint(0, 256, (batch, 5), generator=torch.Generator().manual_seed(3))
@@ -93,7 +105,8 @@ def test_weight_formats_compute_the_rounded_model_exactly(fmt, batch):
 
 
 def test_bf16_model_fused_is_nearer_float64_than_bf16_step():
-    m = _model(torch.bfloat16, blocks=[{"kind": "mamba", "d_state": 4}, {"kind": "gru"}])
+    m = _model(torch.bfloat16, blocks=[{"kind": "mamba", "d_state": 4}, {"kind": "gru"},
+                                       MAMBA2_BLOCKS[0]])
     truth = HJLM(m.config).double().eval()
     truth.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
     dec = FusedDecoder(m)  # bf16 weights, fp32 activations and states
@@ -141,6 +154,14 @@ def test_not_fusable_and_errors():
         dec.step(torch.tensor([1, 2]), dec.zero_state(3))
     with pytest.raises(RuntimeError, match="outside"):
         dec.step(torch.tensor([256]), dec.zero_state(1))
+    # a Mamba-2 scheme without a fused step: named; generation falls back to HJLM.step
+    e = _model(blocks=[{"kind": "mamba2", "d_state": 4, "headdim": 4, "scheme": "euler"}])
+    with pytest.raises(NotFusable, match="scheme='euler'"):
+        FusedDecoder(e)
+    assert try_fused(e) is None
+    stats: dict = {}
+    generate_batch(e, [Request([1, 2], 2, temperature=0.0)], stats=stats)
+    assert stats["backend"] == "HJLM.step"
 
 
 def test_stream_fused_equals_hjlm_step_greedy_and_stats():
@@ -203,9 +224,10 @@ def test_generate_batch_per_request_settings():
 
 
 def test_parallel_and_gemm_paths_equal_hjlm_step():
-    """A model large enough that projections split over threads (threads=2) and the batch-9
-    in_proj (512 x 2048) goes through torch's GEMM."""
-    m = _model(torch.float64, blocks=[{"kind": "mamba", "d_state": 4}, {"kind": "lstm"}], d=512)
+    """A model large enough that projections and Mamba-2's state rows split over threads
+    (threads=2) and the batch-9 in_projs (512 x 2048, 512 x 2128) go through torch's GEMM."""
+    m = _model(torch.float64, blocks=[{"kind": "mamba", "d_state": 4}, {"kind": "lstm"},
+                                      {"kind": "mamba2", "d_state": 16, "ngroups": 2}], d=512)
     ids = torch.randint(0, 256, (9, 2), generator=torch.Generator().manual_seed(7))
     for threads in (1, 2):
         dec = FusedDecoder(m, threads=threads)
@@ -217,3 +239,17 @@ def test_parallel_and_gemm_paths_equal_hjlm_step():
     assert FusedDecoder(_model()).threads == 1  # small: one thread by default
     with pytest.raises(ValueError, match="threads must be"):
         FusedDecoder(m, threads=0)
+
+
+def test_generate_batch_mamba2_runs_fused_and_equals_hjlm_step():
+    """Batched generation of a Mamba-2 model goes through the fused decoder; its greedy
+    tokens equal HJLM.step's, request by request."""
+    m = _model(torch.float64, blocks=MAMBA2_BLOCKS + [{"kind": "gru"}])
+    reqs = [Request([3, 1, 4, 1], 7, temperature=0.0), Request([5], 5, temperature=0.0),
+            Request([9, 2], 6, temperature=0.0)]
+    stats: dict = {}
+    outs = generate_batch(m, reqs, seed=0, stats=stats)
+    assert stats["backend"].startswith("fused")
+    for r, o in zip(reqs, outs):
+        assert len(o) == r.max_new_tokens
+        assert o == generate(m, r.prompt, r.max_new_tokens, temperature=0.0, fused=False)
