@@ -253,3 +253,27 @@ def test_generate_batch_mamba2_runs_fused_and_equals_hjlm_step():
     for r, o in zip(reqs, outs):
         assert len(o) == r.max_new_tokens
         assert o == generate(m, r.prompt, r.max_new_tokens, temperature=0.0, fused=False)
+
+
+@pytest.mark.parametrize("n_groups,limit", [(2, None), (1, (0.0, 0.05))])
+def test_fused_mamba2_equals_transformers_mamba2_for_causal_lm(n_groups, limit):
+    """A Mamba2ForCausalLM loaded with HJLM.from_hf, decoded by the fused step token by
+    token: transformers' logits over the whole sequence (float32)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(n_groups)
+    kw = {} if limit is None else {"time_step_limit": limit}
+    cfg = transformers.Mamba2Config(vocab_size=32, hidden_size=16, num_heads=4, head_dim=8,
+                                    expand=2, state_size=8, n_groups=n_groups, conv_kernel=4,
+                                    chunk_size=8, num_hidden_layers=2, use_bias=True, **kw)
+    hf = transformers.Mamba2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    m = HJLM.from_hf(hf.state_dict(), config=hf.config.to_dict()).eval()
+    ids = torch.randint(0, 32, (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        want = hf(ids).logits
+    dec = FusedDecoder(m)
+    st = dec.zero_state(2)
+    got = torch.stack([dec.step(ids[:, t], st) for t in range(ids.shape[1])], 1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
