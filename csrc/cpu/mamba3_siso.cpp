@@ -1,0 +1,707 @@
+// mamba3_siso on the CPU: the work around Mamba-2's ssd_scan (csrc/cpu/ssd.cpp) for Mamba-3's
+// SISO scan (definition: hjseq/ops/mamba3_siso/ref.py; the reduction to one ssd_scan is in
+// hjseq/ops/mamba3_siso/chunked.py). Per (sequence, head i) over its tokens t, head i reading
+// Q/K head g = i / (h / h_qk):
+//
+//   φ_t = (φ_{t-1} + π tanh(Angles_t) Δ_t) mod 2π          (φ before the first token: angle0)
+//   q̃_t = R(φ_t)(Q_t + Q_bias),  k̃_t = R(φ_t)(K_t + K_bias),  qk_t = (Q_t + Q_bias)·(K_t + K_bias)
+//   λ_t = σ(Trap_t),  γ_t = λ_t Δ_t,  δ_t = (1 - λ_t) Δ_t,  δn_t = δ_{t+1} (0 at a sequence end)
+//   x_t = (γ_t + δn_t) v_t,   ld_t = ADT_t,   coef_t = D - δn_t qk_t
+//   U_0^T = S_0^T + δ_first k_0 ⊗ v_0
+//   ssd_scan(x, ld, B = k̃, C = q̃, U_0) -> y, S_T
+//   out_t = (y_t + coef_t v_t) · silu(Z_t)
+//
+// Entry points (all tensors contiguous, float32 or float64, one dtype; cu int64 (s+1,)):
+//   prep_forward   one pass per (sequence, head): angles, rotation, q̃·k̃, x, ld, coef, U_0.
+//   epilogue_forward / epilogue_backward   one pass over (b, l, h) rows of p.
+//   prep_backward  a pass over token rows (all heads of a row: the rotation's and the biases'
+//                  gradients, GQA sums without races) and a pass per (sequence, head)
+//                  backwards in time (the angle cumsum's adjoint, the δ shift, Trap, DT).
+// Layouts as mamba-ssm's mamba3_siso_combined: Q, K (b, l, h_qk, n); V, Z (b, l, h, p); ADT,
+// DT, Trap (b, h, l); Q_bias, K_bias (h, n); Angles (b, l, h, a); D (h,); states angle
+// (s, h, a), S_0 (s, h, p, n), k_0 (s, h, n), v_0 (s, h, p). Internal: q̃, k̃ (b, l, h, n);
+// x (b, l, h, p); ld (b, l, h); tok (4, b, l, h) = (coef, γ + δn, δn, qk); φ (b, l, h, a);
+// U_0^T and the ssd states (s, h, n, p) (ssd.cpp's transposed layout).
+#include "common.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// floor(x) in float, branch-free (GCC does not vectorise floorf): the nearest integer by the
+// 1.5·2^23 trick, less one where that is above x; |x| >= 2^22 is an integer already.
+HJSEQ_INLINE float floor_(float x) {
+  const float kRound = 12582912.0f;
+  const float r = (x + kRound) - kRound;
+  const float f = r > x ? r - 1.0f : r;
+  return std::fabs(x) < 4194304.0f ? f : x;
+}
+HJSEQ_INLINE double floor_(double x) { return std::floor(x); }
+
+// sin and cos of x (float): x = j·π/2 + r with |r| <= π/4 (three-part Cody–Waite), Cephes'
+// sinf/cosf polynomials for r (max. abs. error 8e-8 on [-30, 30]), the quadrant j mod 4
+// picks and signs them (float selects, so loops over it vectorise). For |x| < ~1e4 (here x is
+// in [0, 2π)).
+HJSEQ_INLINE void sincos_(float x, float& s, float& c) {
+  const float kRound = 12582912.0f;  // 1.5·2^23: round to nearest
+  const float j = (x * 0.636619772367581343f + kRound) - kRound;
+  float r = x - j * 1.5703125f;
+  r = r - j * 4.837512969970703125e-4f;
+  r = r - j * 7.54978995489188216e-8f;
+  const float z = r * r;
+  const float sr = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+  const float cr = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z +
+                    4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
+  const float q = j - 4.0f * floor_(j * 0.25f);  // j mod 4
+  const bool odd = q == 1.0f || q == 3.0f;
+  const float ss = odd ? cr : sr;
+  const float cc = odd ? sr : cr;
+  s = q >= 2.0f ? -ss : ss;
+  c = (q == 1.0f || q == 2.0f) ? -cc : cc;
+}
+HJSEQ_INLINE void sincos_(double x, double& s, double& c) {
+  s = std::sin(x);
+  c = std::cos(x);
+}
+
+// o = R(φ) x: the first a pairs (x_2j, x_2j+1) turned by (c_j, s_j), the rest copied.
+template <typename T>
+HJSEQ_INLINE void turn(const T* x, const T* c, const T* s, int64_t a, int64_t n, T* o) {
+  for (int64_t j = 0; j < a; ++j) {
+    const T x0 = x[2 * j], x1 = x[2 * j + 1];
+    o[2 * j] = c[j] * x0 - s[j] * x1;
+    o[2 * j + 1] = s[j] * x0 + c[j] * x1;
+  }
+  for (int64_t k = 2 * a; k < n; ++k) o[k] = x[k];
+}
+
+struct Dims {
+  int64_t b, l, hq, h, n, p, a;
+  int64_t rep() const { return h / hq; }
+  int64_t rows() const { return b * l; }
+};
+
+struct Span {
+  int64_t bi, lo, hi;  // batch row and token range [lo, hi) of one sequence
+};
+
+// Without varlen, sequence s is batch row s over [0, l); with varlen (b = 1) it is
+// [cu[s], cu[s+1]).
+std::vector<Span> spans_of(const Dims& d, const at::Tensor& cu, bool varlen) {
+  std::vector<Span> sp;
+  if (!varlen) {
+    for (int64_t s = 0; s < d.b; ++s) sp.push_back({s, 0, d.l});
+    return sp;
+  }
+  const int64_t* c = cu.data_ptr<int64_t>();
+  for (int64_t s = 0; s + 1 < cu.numel(); ++s) sp.push_back({0, c[s], c[s + 1]});
+  return sp;
+}
+
+template <typename T>
+HJSEQ_INLINE T sigmoid(T x) { return hjseq::sigmoid_(x); }
+
+template <typename T>
+const T* opt_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// ---------------------------------------------------------------------------------------
+// forward
+template <typename T>
+struct FwdIn {
+  const T *Q, *K, *V, *ADT, *DT, *Trap, *Qb, *Kb, *Ang, *D, *ang0, *S0, *k0, *v0;
+};
+template <typename T>
+struct FwdOut {
+  T *qt, *kt, *x, *ld, *tok, *phi, *init, *phiT, *kT;
+};
+
+// Two passes: (1) per (sequence, head), in time order: φ (the cumulative angles), δn, γ + δn,
+// ld, φ_T, U_0; (2) per token row, all heads (rows stream through memory in order): cos/sin
+// of φ, q̃, k̃, q̃·k̃, x, coef.
+template <typename T>
+void prep_forward_kernel(const Dims& d, const std::vector<Span>& sp, const FwdIn<T>& in,
+                         const FwdOut<T>& out) {
+  const int64_t h = d.h, n = d.n, p = d.p, a = d.a, l = d.l, hq = d.hq, rows = d.rows();
+  const int64_t nseq = static_cast<int64_t>(sp.size()), blh = rows * h;
+  const T pi = T(kPi), two_pi = T(2 * kPi);
+  at::parallel_for(0, nseq * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> phi(a);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t s = job / h, i = job % h;
+      const Span q = sp[s];
+      const T* dt_ = in.DT + (q.bi * h + i) * l;
+      const T* trap = in.Trap + (q.bi * h + i) * l;
+      const T* adt = in.ADT + (q.bi * h + i) * l;
+      T* phv = phi.data();
+      for (int64_t j = 0; j < a; ++j) phv[j] = in.ang0 ? in.ang0[job * a + j] : T(0);
+      T lam_next = sigmoid(trap[q.lo]);
+      for (int64_t t = q.lo; t < q.hi; ++t) {
+        const int64_t r = (q.bi * l + t) * h + i;  // (row, head)
+        const T dt = dt_[t], lam = lam_next;
+        lam_next = t + 1 < q.hi ? sigmoid(trap[t + 1]) : T(0);
+        const T dn = t + 1 < q.hi ? (T(1) - lam_next) * dt_[t + 1] : T(0);
+        const T* ang = in.Ang + r * a;
+        T* ph = out.phi + r * a;
+#pragma omp simd
+        for (int64_t j = 0; j < a; ++j) {
+          T v = phv[j] + pi * hjseq::tanh_(ang[j]) * dt;
+          v = v - two_pi * floor_(v / two_pi);
+          phv[j] = v;
+          ph[j] = v;
+        }
+        out.ld[r] = adt[t];
+        out.tok[blh + r] = lam * dt + dn;
+        out.tok[2 * blh + r] = dn;
+      }
+      std::copy(phi.begin(), phi.end(), out.phiT + job * a);
+      if (in.S0) {  // U_0^T[k][j] = S_0[j][k] + δ_first k_0[k] v_0[j]
+        const T d1 = (T(1) - sigmoid(trap[q.lo])) * dt_[q.lo];
+        const T* S0 = in.S0 + job * p * n;
+        const T* k0 = in.k0 + job * n;
+        const T* v0 = in.v0 + job * p;
+        T* U = out.init + job * n * p;
+        for (int64_t k = 0; k < n; ++k)
+          for (int64_t j = 0; j < p; ++j) U[k * p + j] = S0[j * n + k] + d1 * k0[k] * v0[j];
+      }
+    }
+  });
+  at::parallel_for(0, rows, hjseq::grain(h * (4 * n + 2 * p)), [&](int64_t begin, int64_t end) {
+    std::vector<T> cs(a), sn(a), qb(n), kb(n);
+    T* csv = cs.data();
+    T* snv = sn.data();
+    for (int64_t row = begin; row < end; ++row) {
+      for (int64_t i = 0; i < h; ++i) {
+        const int64_t r = row * h + i, g = i / d.rep();
+        const T* ph = out.phi + r * a;
+#pragma omp simd
+        for (int64_t j = 0; j < a; ++j) sincos_(ph[j], snv[j], csv[j]);
+        const T* qr = in.Q + (row * hq + g) * n;
+        const T* kr = in.K + (row * hq + g) * n;
+        const T* qbias = in.Qb + i * n;
+        const T* kbias = in.Kb + i * n;
+        T qk = 0;
+#pragma omp simd reduction(+ : qk)
+        for (int64_t k = 0; k < n; ++k) {
+          qb[k] = qr[k] + qbias[k];
+          kb[k] = kr[k] + kbias[k];
+          qk += qb[k] * kb[k];
+        }
+        turn(qb.data(), csv, snv, a, n, out.qt + r * n);
+        turn(kb.data(), csv, snv, a, n, out.kt + r * n);
+        const T scale = out.tok[blh + r], dn = out.tok[2 * blh + r];
+        const T* vr = in.V + r * p;
+        T* xr = out.x + r * p;
+#pragma omp simd
+        for (int64_t k = 0; k < p; ++k) xr[k] = vr[k] * scale;
+        out.tok[r] = (in.D ? in.D[i] : T(0)) - dn * qk;
+        out.tok[3 * blh + r] = qk;
+      }
+    }
+  });
+  for (int64_t s = 0; s < nseq; ++s) {
+    const T* klast = out.kt + (sp[s].bi * l + sp[s].hi - 1) * h * n;
+    std::copy(klast, klast + h * n, out.kT + s * h * n);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// epilogue
+template <typename T>
+void epilogue_forward_kernel(int64_t rows, int64_t p, T* y, const T* V, const T* coef,
+                             const T* Z, T* out) {
+  at::parallel_for(0, rows, hjseq::grain(4 * p), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T* yr = y + r * p;
+      const T* vr = V + r * p;
+      const T c = coef[r];
+#pragma omp simd
+      for (int64_t k = 0; k < p; ++k) yr[k] += c * vr[k];
+      if (!Z) continue;
+      const T* zr = Z + r * p;
+      T* o = out + r * p;
+#pragma omp simd
+      for (int64_t k = 0; k < p; ++k) o[k] = yr[k] * hjseq::silu_(zr[k]);
+    }
+  });
+}
+
+// dy = dout silu(Z), dZ = dout y_pre σ(Z)(1 + Z(1 - σ(Z))), dcoef = Σ_p dy v, dV = dy coef.
+template <typename T>
+void epilogue_backward_kernel(int64_t rows, int64_t p, const T* dout, const T* ypre,
+                              const T* V, const T* coef, const T* Z, T* dy, T* dZ, T* dcoef,
+                              T* dV) {
+  at::parallel_for(0, rows, hjseq::grain(8 * p), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* go = dout + r * p;
+      const T* vr = V + r * p;
+      T* dyr = dy + r * p;
+      if (Z) {
+        const T* zr = Z + r * p;
+        const T* yr = ypre + r * p;
+        T* dzr = dZ + r * p;
+#pragma omp simd
+        for (int64_t k = 0; k < p; ++k) {
+          const T sg = hjseq::sigmoid_(zr[k]);
+          dyr[k] = go[k] * zr[k] * sg;
+          dzr[k] = go[k] * yr[k] * sg * (T(1) + zr[k] * (T(1) - sg));
+        }
+      } else {
+        std::copy(go, go + p, dyr);
+      }
+      const T c = coef[r];
+      T* dvr = dV + r * p;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t k = 0; k < p; ++k) {
+        acc += dyr[k] * vr[k];
+        dvr[k] = dyr[k] * c;
+      }
+      dcoef[r] = acc;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// backward of prep_forward
+template <typename T>
+struct BwdIn {
+  // gradients: of x, ld, B = k̃, C = q̃, U_0^T (ssd backward); of φ_T, k_T (may be null);
+  // of coef (epilogue backward)
+  const T *dx, *dld, *dkt, *dqt, *dinit, *dphiT, *dkT, *dcoef;
+  // forward inputs and saved values
+  const T *Q, *K, *V, *DT, *Trap, *Qb, *Kb, *Ang, *S0, *k0, *v0, *qt, *kt, *tok, *phi;
+};
+template <typename T>
+struct BwdOut {
+  T *dQ, *dK, *dV, *dADT, *dDT, *dTrap, *dQb, *dKb, *dAng, *dD, *dang0, *dS0, *dk0, *dv0;
+};
+
+template <typename T>
+void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdIn<T>& in,
+                          const BwdOut<T>& out) {
+  const int64_t h = d.h, n = d.n, p = d.p, a = d.a, l = d.l, hq = d.hq, rows = d.rows();
+  const int64_t nseq = static_cast<int64_t>(sp.size()), blh = rows * h;
+  const T pi = T(kPi);
+  std::vector<int64_t> last_of(rows, -1);  // row -> the sequence it ends, or -1
+  for (int64_t s = 0; s < nseq; ++s) last_of[sp[s].bi * l + sp[s].hi - 1] = s;
+  std::vector<T> dphi(rows * h * a), ddn(rows * h), dgam(rows * h);
+
+  // (1) per token row, all heads: dV += dx (γ + δn); the rotation's adjoint; dφ; the q̃·k̃
+  // term; dQ, dK summed over each Q/K head's group. The bias gradients are summed per block
+  // of rows, then over the blocks in order (deterministic for any thread count).
+  const int64_t nblk = std::min<int64_t>(rows, 32);
+  std::vector<T> dbias(nblk * 2 * h * n, T(0));
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> cs(a), sn(a), qb(n), kb(n), gk(n), dqb(n), dkb(n);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      T* dqbias = dbias.data() + blk * 2 * h * n;
+      T* dkbias = dqbias + h * n;
+      for (int64_t row = blk * rows / nblk; row < (blk + 1) * rows / nblk; ++row) {
+        T* dQr = out.dQ + row * hq * n;
+        T* dKr = out.dK + row * hq * n;
+        std::fill(dQr, dQr + hq * n, T(0));
+        std::fill(dKr, dKr + hq * n, T(0));
+        const int64_t s_last = last_of[row];
+        for (int64_t i = 0; i < h; ++i) {
+          const int64_t r = row * h + i, g = i / d.rep();
+          // x = (γ + δn) v
+          const T* dxr = in.dx + r * p;
+          const T* vr = in.V + r * p;
+          T* dvr = out.dV + r * p;
+          const T scale = in.tok[blh + r], dn = in.tok[2 * blh + r], qk = in.tok[3 * blh + r];
+          T dscale = 0;
+#pragma omp simd reduction(+ : dscale)
+          for (int64_t k = 0; k < p; ++k) {
+            dscale += dxr[k] * vr[k];
+            dvr[k] += dxr[k] * scale;
+          }
+          const T dc = in.dcoef[r];
+          ddn[r] = dscale - dc * qk;  // coef = D - δn qk
+          dgam[r] = dscale;
+          const T dqk = -dc * dn;
+          // rotation: dφ_j = q̃_2j gq_2j+1 - q̃_2j+1 gq_2j (+ the same for k); d(x) = R^T g
+          const T* gq = in.dqt + r * n;
+          const T* gkr = in.dkt + r * n;
+          const T* gkp = gkr;
+          if (s_last >= 0 && in.dkT) {  // k_T = k̃ at the sequence's last token
+            const T* e = in.dkT + (s_last * h + i) * n;
+            for (int64_t k = 0; k < n; ++k) gk[k] = gkr[k] + e[k];
+            gkp = gk.data();
+          }
+          const T* qt = in.qt + r * n;
+          const T* kt = in.kt + r * n;
+          const T* ph = in.phi + r * a;
+          T* dph = dphi.data() + r * a;
+          T* csv = cs.data();
+          T* snv = sn.data();
+#pragma omp simd
+          for (int64_t j = 0; j < a; ++j) sincos_(ph[j], snv[j], csv[j]);
+          for (int64_t j = 0; j < a; ++j) {
+            const T g0 = gq[2 * j], g1 = gq[2 * j + 1], h0 = gkp[2 * j], h1 = gkp[2 * j + 1];
+            dph[j] = qt[2 * j] * g1 - qt[2 * j + 1] * g0 + kt[2 * j] * h1 - kt[2 * j + 1] * h0;
+            dqb[2 * j] = csv[j] * g0 + snv[j] * g1;
+            dqb[2 * j + 1] = csv[j] * g1 - snv[j] * g0;
+            dkb[2 * j] = csv[j] * h0 + snv[j] * h1;
+            dkb[2 * j + 1] = csv[j] * h1 - snv[j] * h0;
+          }
+          for (int64_t k = 2 * a; k < n; ++k) {
+            dqb[k] = gq[k];
+            dkb[k] = gkp[k];
+          }
+          // qk = (Q + Q_bias)·(K + K_bias)
+          const T* qr = in.Q + (row * hq + g) * n;
+          const T* kr = in.K + (row * hq + g) * n;
+          const T* qbias = in.Qb + i * n;
+          const T* kbias = in.Kb + i * n;
+          T* dQg = dQr + g * n;
+          T* dKg = dKr + g * n;
+          T* dqbi = dqbias + i * n;
+          T* dkbi = dkbias + i * n;
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) {
+            const T q_ = dqb[k] + dqk * (kr[k] + kbias[k]);
+            const T k_ = dkb[k] + dqk * (qr[k] + qbias[k]);
+            dQg[k] += q_;
+            dKg[k] += k_;
+            dqbi[k] += q_;
+            dkbi[k] += k_;
+          }
+        }
+      }
+    }
+  });
+  std::fill(out.dQb, out.dQb + h * n, T(0));
+  std::fill(out.dKb, out.dKb + h * n, T(0));
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const T* src = dbias.data() + blk * 2 * h * n;
+    for (int64_t k = 0; k < h * n; ++k) {
+      out.dQb[k] += src[k];
+      out.dKb[k] += src[h * n + k];
+    }
+  }
+
+  // (2) per (sequence, head), backwards in time: the angle cumsum's adjoint
+  // (dinc_t = Σ_{u>=t} dφ_u + dφ_T), Angles and DT through it; the δ shift (dδ_t = dδn_{t-1},
+  // and U_0's δ_first at the first token); Trap, DT through γ and δ; ADT; the states.
+  std::vector<T> dDpart(nseq * h, T(0));
+  at::parallel_for(0, nseq * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> dinc(a);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t s = job / h, i = job % h;
+      const Span q = sp[s];
+      const T* dt_ = in.DT + (q.bi * h + i) * l;
+      const T* trap = in.Trap + (q.bi * h + i) * l;
+      T* dDT = out.dDT + (q.bi * h + i) * l;
+      T* dTrap = out.dTrap + (q.bi * h + i) * l;
+      T* dADT = out.dADT + (q.bi * h + i) * l;
+      T d_first = 0;  // dL/dδ_first through U_0
+      if (in.S0) {
+        const T d1 = (T(1) - sigmoid(trap[q.lo])) * dt_[q.lo];
+        const T* dU = in.dinit + job * n * p;
+        const T* k0 = in.k0 + job * n;
+        const T* v0 = in.v0 + job * p;
+        T* dS0 = out.dS0 + job * p * n;
+        T* dk0 = out.dk0 + job * n;
+        T* dv0 = out.dv0 + job * p;
+        std::fill(dv0, dv0 + p, T(0));
+        for (int64_t k = 0; k < n; ++k) {
+          T acc = 0;
+          for (int64_t j = 0; j < p; ++j) {
+            const T gu = dU[k * p + j];
+            dS0[j * n + k] = gu;
+            acc += gu * v0[j];
+            dv0[j] += d1 * gu * k0[k];
+          }
+          d_first += acc * k0[k];
+          dk0[k] = d1 * acc;
+        }
+      }
+      for (int64_t j = 0; j < a; ++j) dinc[j] = in.dphiT ? in.dphiT[job * a + j] : T(0);
+      T dD = 0;
+      for (int64_t t = q.hi - 1; t >= q.lo; --t) {
+        const int64_t r = (q.bi * l + t) * h + i;
+        const T dt = dt_[t], lam = sigmoid(trap[t]);
+        const T* ang = in.Ang + r * a;
+        const T* dph = dphi.data() + r * a;
+        T* dang = out.dAng + r * a;
+        T ddt = 0;
+        T* dv = dinc.data();
+#pragma omp simd reduction(+ : ddt)
+        for (int64_t j = 0; j < a; ++j) {
+          dv[j] += dph[j];
+          const T th = hjseq::tanh_(ang[j]);
+          dang[j] = dv[j] * pi * dt * (T(1) - th * th);
+          ddt += dv[j] * pi * th;
+        }
+        const T ddelta = t > q.lo ? ddn[r - h] : d_first;  // δn_{t-1} = δ_t
+        const T dg = dgam[r];
+        dDT[t] = ddt + dg * lam + ddelta * (T(1) - lam);
+        dTrap[t] = (dg - ddelta) * dt * lam * (T(1) - lam);
+        dADT[t] = in.dld[r];
+        dD += in.dcoef[r];
+      }
+      std::copy(dinc.begin(), dinc.end(), out.dang0 + job * a);
+      dDpart[job] = dD;
+    }
+  });
+  if (out.dD) {
+    std::fill(out.dD, out.dD + h, T(0));
+    for (int64_t s = 0; s < nseq; ++s)
+      for (int64_t i = 0; i < h; ++i) out.dD[i] += dDpart[s * h + i];
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// bindings
+void check(const at::Tensor& t, const char* name, at::ScalarType dt) {
+  hjseq::check_cpu_contig(t, name);
+  TORCH_CHECK(t.scalar_type() == dt, "mamba3_siso kernel: ", name, " is ", t.scalar_type(),
+              " but Q is ", dt, " (all float tensors must share one dtype; the wrapper casts)");
+}
+
+void check_opt(const c10::optional<at::Tensor>& t, const char* name, at::ScalarType dt) {
+  if (t.has_value() && t->defined()) check(*t, name, dt);
+}
+
+void check_dims(const at::Tensor& t, const char* name, std::vector<int64_t> shape) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "mamba3_siso kernel: ", name,
+              " has shape ", t.sizes(), ", expected ", at::IntArrayRef(shape));
+}
+
+Dims dims_of(const at::Tensor& Q, const at::Tensor& V, const at::Tensor& Angles) {
+  TORCH_CHECK(Q.dim() == 4 && V.dim() == 4 && Angles.dim() == 4,
+              "mamba3_siso kernel: Q (b, l, h_qk, n), V (b, l, h, p), Angles (b, l, h, a)");
+  const Dims d{Q.size(0), Q.size(1), Q.size(2), V.size(2), Q.size(3), V.size(3),
+               Angles.size(3)};
+  TORCH_CHECK(d.hq >= 1 && d.h % d.hq == 0, "mamba3_siso kernel: h_qk must divide h");
+  TORCH_CHECK(d.n % 2 == 0 && d.a >= 1 && 2 * d.a <= d.n,
+              "mamba3_siso kernel: need n even and 1 <= a <= n/2");
+  return d;
+}
+
+std::vector<Span> checked_spans(const Dims& d, const at::Tensor& cu, bool varlen) {
+  TORCH_CHECK(cu.scalar_type() == at::kLong && cu.dim() == 1 && cu.is_contiguous(),
+              "mamba3_siso kernel: cu_seqlens must be a contiguous int64 vector");
+  TORCH_CHECK(!varlen || d.b == 1, "mamba3_siso kernel: varlen needs batch 1");
+  std::vector<Span> sp = spans_of(d, cu, varlen);
+  TORCH_CHECK(!sp.empty() && d.l >= 1, "mamba3_siso kernel: no tokens");
+  if (!varlen) return sp;
+  int64_t prev = 0;
+  for (const Span& s : sp) {
+    TORCH_CHECK(s.lo == prev && s.hi > s.lo && s.hi <= d.l,
+                "mamba3_siso kernel: every sequence needs >= 1 token and cu_seqlens must "
+                "rise from 0 to l");
+    prev = s.hi;
+  }
+  TORCH_CHECK(prev == d.l, "mamba3_siso kernel: cu_seqlens must end at l");
+  return sp;
+}
+
+// Returns q̃, k̃, x, ld, tok, φ, U_0^T (undefined without S_0), φ_T, k_T.
+std::vector<at::Tensor> prep_forward(
+    const at::Tensor& Q, const at::Tensor& K, const at::Tensor& V, const at::Tensor& ADT,
+    const at::Tensor& DT, const at::Tensor& Trap, const at::Tensor& Qb, const at::Tensor& Kb,
+    const at::Tensor& Angles, const c10::optional<at::Tensor>& D,
+    const c10::optional<at::Tensor>& ang0, const c10::optional<at::Tensor>& S0,
+    const c10::optional<at::Tensor>& k0, const c10::optional<at::Tensor>& v0,
+    const at::Tensor& cu, bool varlen) {
+  const auto dt = Q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,
+              "mamba3_siso kernel: float32 or float64 tensors (the wrapper casts), got ", dt);
+  const Dims d = dims_of(Q, V, Angles);
+  const std::vector<Span> sp = checked_spans(d, cu, varlen);
+  const int64_t s = static_cast<int64_t>(sp.size());
+  check(Q, "Q", dt);
+  check(K, "K", dt);
+  check(V, "V", dt);
+  check(ADT, "ADT", dt);
+  check(DT, "DT", dt);
+  check(Trap, "Trap", dt);
+  check(Qb, "Q_bias", dt);
+  check(Kb, "K_bias", dt);
+  check(Angles, "Angles", dt);
+  check_dims(K, "K", {d.b, d.l, d.hq, d.n});
+  for (auto* t : {&ADT, &DT, &Trap}) check_dims(*t, "ADT/DT/Trap", {d.b, d.h, d.l});
+  check_dims(Qb, "Q_bias", {d.h, d.n});
+  check_dims(Kb, "K_bias", {d.h, d.n});
+  check_dims(Angles, "Angles", {d.b, d.l, d.h, d.a});
+  check_opt(D, "D", dt);
+  if (D.has_value() && D->defined()) check_dims(*D, "D", {d.h});
+  const bool states = S0.has_value() && S0->defined();
+  TORCH_CHECK(states == (ang0.has_value() && ang0->defined()) &&
+                  states == (k0.has_value() && k0->defined()) &&
+                  states == (v0.has_value() && v0->defined()),
+              "mamba3_siso kernel: give all four input states or none");
+  if (states) {
+    check(*ang0, "angle state", dt);
+    check(*S0, "ssm state", dt);
+    check(*k0, "k state", dt);
+    check(*v0, "v state", dt);
+    check_dims(*ang0, "angle state", {s, d.h, d.a});
+    check_dims(*S0, "ssm state", {s, d.h, d.p, d.n});
+    check_dims(*k0, "k state", {s, d.h, d.n});
+    check_dims(*v0, "v state", {s, d.h, d.p});
+  }
+  const auto o = Q.options();
+  at::Tensor qt = at::empty({d.b, d.l, d.h, d.n}, o), kt = at::empty({d.b, d.l, d.h, d.n}, o);
+  at::Tensor x = at::empty_like(V), ld = at::empty({d.b, d.l, d.h}, o);
+  at::Tensor tok = at::empty({4, d.b, d.l, d.h}, o), phi = at::empty_like(Angles);
+  at::Tensor init = states ? at::empty({s, d.h, d.n, d.p}, o) : at::Tensor();
+  at::Tensor phiT = at::empty({s, d.h, d.a}, o), kT = at::empty({s, d.h, d.n}, o);
+  AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_prep_forward", [&] {
+    using T = scalar_t;
+    const FwdIn<T> in{Q.data_ptr<T>(),   K.data_ptr<T>(),    V.data_ptr<T>(),
+                      ADT.data_ptr<T>(), DT.data_ptr<T>(),   Trap.data_ptr<T>(),
+                      Qb.data_ptr<T>(),  Kb.data_ptr<T>(),   Angles.data_ptr<T>(),
+                      opt_ptr<T>(D),     opt_ptr<T>(ang0),   opt_ptr<T>(S0),
+                      opt_ptr<T>(k0),    opt_ptr<T>(v0)};
+    const FwdOut<T> out{qt.data_ptr<T>(),  kt.data_ptr<T>(),  x.data_ptr<T>(),
+                        ld.data_ptr<T>(),  tok.data_ptr<T>(), phi.data_ptr<T>(),
+                        states ? init.data_ptr<T>() : nullptr, phiT.data_ptr<T>(),
+                        kT.data_ptr<T>()};
+    prep_forward_kernel<T>(d, sp, in, out);
+  });
+  return {qt, kt, x, ld, tok, phi, init, phiT, kT};
+}
+
+// y (b, l, h, p) becomes y + coef v in place (the pre-gate output); returns y silu(Z), or y
+// itself without Z. coef: tok (4, b, l, h) (its first plane is read).
+at::Tensor epilogue_forward(at::Tensor y, const at::Tensor& V, const at::Tensor& tok,
+                            const c10::optional<at::Tensor>& Z) {
+  const auto dt = y.scalar_type();
+  check(y, "y", dt);
+  check(V, "V", dt);
+  check(tok, "tok", dt);
+  check_opt(Z, "Z", dt);
+  TORCH_CHECK(y.dim() == 4 && V.sizes() == y.sizes(), "mamba3_siso kernel: y and V differ");
+  const int64_t rows = y.size(0) * y.size(1) * y.size(2), p = y.size(3);
+  TORCH_CHECK(tok.numel() == 4 * rows, "mamba3_siso kernel: tok must be (4, b, l, h)");
+  const bool z = Z.has_value() && Z->defined();
+  if (z) TORCH_CHECK(Z->sizes() == y.sizes(), "mamba3_siso kernel: Z must be like V");
+  at::Tensor out = z ? at::empty_like(y) : y;
+  AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_epilogue_forward", [&] {
+    epilogue_forward_kernel<scalar_t>(rows, p, y.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
+                                      tok.data_ptr<scalar_t>(), opt_ptr<scalar_t>(Z),
+                                      out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// y: the pre-gate output (only read with Z). Returns dy (the ssd output's gradient), dV (its
+// direct part), dZ (undefined without Z), dcoef (b, l, h).
+std::vector<at::Tensor> epilogue_backward(const at::Tensor& dout,
+                                          const c10::optional<at::Tensor>& ypre,
+                                          const at::Tensor& V, const at::Tensor& tok,
+                                          const c10::optional<at::Tensor>& Z) {
+  const auto dt = V.scalar_type();
+  check(dout, "dout", dt);
+  check(V, "V", dt);
+  check(tok, "tok", dt);
+  TORCH_CHECK(V.dim() == 4 && dout.sizes() == V.sizes(),
+              "mamba3_siso kernel: dout and V must have one shape");
+  const int64_t rows = V.size(0) * V.size(1) * V.size(2), p = V.size(3);
+  TORCH_CHECK(tok.numel() == 4 * rows, "mamba3_siso kernel: tok must be (4, b, l, h)");
+  const bool z = Z.has_value() && Z->defined();
+  if (z) {  // the pre-gate output y is needed only for dZ
+    check(*Z, "Z", dt);
+    TORCH_CHECK(ypre.has_value() && ypre->defined(), "mamba3_siso kernel: Z needs y");
+    check(*ypre, "y", dt);
+    TORCH_CHECK(Z->sizes() == V.sizes() && ypre->sizes() == V.sizes(),
+                "mamba3_siso kernel: Z and y must be like V");
+  }
+  at::Tensor dy = at::empty_like(V), dV = at::empty_like(V);
+  at::Tensor dZ = z ? at::empty_like(V) : at::Tensor();
+  at::Tensor dcoef = at::empty({V.size(0), V.size(1), V.size(2)}, V.options());
+  AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_epilogue_backward", [&] {
+    using T = scalar_t;
+    epilogue_backward_kernel<T>(rows, p, dout.data_ptr<T>(), z ? ypre->data_ptr<T>() : nullptr,
+                                V.data_ptr<T>(), tok.data_ptr<T>(), opt_ptr<T>(Z),
+                                dy.data_ptr<T>(), z ? dZ.data_ptr<T>() : nullptr,
+                                dcoef.data_ptr<T>(), dV.data_ptr<T>());
+  });
+  return {dy, dV, dZ, dcoef};
+}
+
+// dV (b, l, h, p) is accumulated in place. Returns dQ, dK, dADT, dDT, dTrap, dQ_bias,
+// dK_bias, dAngles, dD (undefined without D), dangle0, dS0, dk0, dv0 (the last three
+// undefined without input states).
+std::vector<at::Tensor> prep_backward(
+    const at::Tensor& dx, const at::Tensor& dld, const at::Tensor& dkt, const at::Tensor& dqt,
+    const at::Tensor& dinit, const c10::optional<at::Tensor>& dphiT,
+    const c10::optional<at::Tensor>& dkT, const at::Tensor& dcoef, const at::Tensor& dV,
+    const at::Tensor& Q, const at::Tensor& K, const at::Tensor& V, const at::Tensor& DT,
+    const at::Tensor& Trap, const at::Tensor& Qb, const at::Tensor& Kb,
+    const at::Tensor& Angles, const c10::optional<at::Tensor>& S0,
+    const c10::optional<at::Tensor>& k0, const c10::optional<at::Tensor>& v0,
+    const at::Tensor& qt, const at::Tensor& kt, const at::Tensor& tok, const at::Tensor& phi,
+    const at::Tensor& cu, bool varlen, bool has_D) {
+  const auto dt = Q.scalar_type();
+  const Dims d = dims_of(Q, V, Angles);
+  const std::vector<Span> sp = checked_spans(d, cu, varlen);
+  const int64_t s = static_cast<int64_t>(sp.size());
+  for (auto* t : {&dx, &dld, &dkt, &dqt, &dinit, &dcoef, &dV, &Q, &K, &V, &DT, &Trap, &Qb,
+                  &Kb, &Angles, &qt, &kt, &tok, &phi})
+    check(*t, "prep_backward input", dt);
+  check_dims(dx, "dx", {d.b, d.l, d.h, d.p});
+  check_dims(dV, "dV", {d.b, d.l, d.h, d.p});
+  check_dims(dld, "dld", {d.b, d.l, d.h});
+  check_dims(dcoef, "dcoef", {d.b, d.l, d.h});
+  for (auto* t : {&dkt, &dqt, &qt, &kt}) check_dims(*t, "q̃/k̃ (or gradient)", {d.b, d.l, d.h, d.n});
+  check_dims(tok, "tok", {4, d.b, d.l, d.h});
+  check_dims(phi, "phi", {d.b, d.l, d.h, d.a});
+  check_dims(dinit, "dinit", {s, d.h, d.n, d.p});
+  check_opt(dphiT, "dphiT", dt);
+  check_opt(dkT, "dkT", dt);
+  if (dphiT.has_value() && dphiT->defined()) check_dims(*dphiT, "dphiT", {s, d.h, d.a});
+  if (dkT.has_value() && dkT->defined()) check_dims(*dkT, "dkT", {s, d.h, d.n});
+  const bool states = S0.has_value() && S0->defined();
+  if (states) {
+    check(*S0, "ssm state", dt);
+    check(*k0, "k state", dt);
+    check(*v0, "v state", dt);
+    check_dims(*S0, "ssm state", {s, d.h, d.p, d.n});
+  }
+  const auto o = Q.options();
+  at::Tensor dQ = at::empty_like(Q), dK = at::empty_like(K);
+  at::Tensor dADT = at::empty_like(DT), dDT = at::empty_like(DT), dTrap = at::empty_like(DT);
+  at::Tensor dQb = at::empty_like(Qb), dKb = at::empty_like(Kb), dAng = at::empty_like(Angles);
+  at::Tensor dD = has_D ? at::empty({d.h}, o) : at::Tensor();
+  at::Tensor dang0 = at::empty({s, d.h, d.a}, o);
+  at::Tensor dS0 = states ? at::empty({s, d.h, d.p, d.n}, o) : at::Tensor();
+  at::Tensor dk0 = states ? at::empty({s, d.h, d.n}, o) : at::Tensor();
+  at::Tensor dv0 = states ? at::empty({s, d.h, d.p}, o) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_prep_backward", [&] {
+    using T = scalar_t;
+    const BwdIn<T> in{dx.data_ptr<T>(),     dld.data_ptr<T>(),  dkt.data_ptr<T>(),
+                      dqt.data_ptr<T>(),    dinit.data_ptr<T>(), opt_ptr<T>(dphiT),
+                      opt_ptr<T>(dkT),      dcoef.data_ptr<T>(), Q.data_ptr<T>(),
+                      K.data_ptr<T>(),      V.data_ptr<T>(),    DT.data_ptr<T>(),
+                      Trap.data_ptr<T>(),   Qb.data_ptr<T>(),   Kb.data_ptr<T>(),
+                      Angles.data_ptr<T>(), opt_ptr<T>(S0),     opt_ptr<T>(k0),
+                      opt_ptr<T>(v0),       qt.data_ptr<T>(),   kt.data_ptr<T>(),
+                      tok.data_ptr<T>(),    phi.data_ptr<T>()};
+    const BwdOut<T> out{dQ.data_ptr<T>(),    dK.data_ptr<T>(),     dV.data_ptr<T>(),
+                        dADT.data_ptr<T>(),  dDT.data_ptr<T>(),    dTrap.data_ptr<T>(),
+                        dQb.data_ptr<T>(),   dKb.data_ptr<T>(),    dAng.data_ptr<T>(),
+                        has_D ? dD.data_ptr<T>() : nullptr,        dang0.data_ptr<T>(),
+                        states ? dS0.data_ptr<T>() : nullptr,
+                        states ? dk0.data_ptr<T>() : nullptr,
+                        states ? dv0.data_ptr<T>() : nullptr};
+    prep_backward_kernel<T>(d, sp, in, out);
+  });
+  return {dQ, dK, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dang0, dS0, dk0, dv0};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("prep_forward", &prep_forward, "mamba3_siso: the scan inputs (CPU)");
+  m.def("epilogue_forward", &epilogue_forward, "mamba3_siso: y + coef v, gate (CPU)");
+  m.def("epilogue_backward", &epilogue_backward, "mamba3_siso: the epilogue's backward (CPU)");
+  m.def("prep_backward", &prep_backward, "mamba3_siso: the scan inputs' backward (CPU)");
+}
