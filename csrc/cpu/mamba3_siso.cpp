@@ -70,6 +70,7 @@ HJSEQ_INLINE void sincos_(double x, double& s, double& c) {
 // o = R(φ) x: the first a pairs (x_2j, x_2j+1) turned by (c_j, s_j), the rest copied.
 template <typename T>
 HJSEQ_INLINE void turn(const T* x, const T* c, const T* s, int64_t a, int64_t n, T* o) {
+#pragma omp simd
   for (int64_t j = 0; j < a; ++j) {
     const T x0 = x[2 * j], x1 = x[2 * j + 1];
     o[2 * j] = c[j] * x0 - s[j] * x1;
@@ -101,6 +102,20 @@ std::vector<Span> spans_of(const Dims& d, const at::Tensor& cu, bool varlen) {
   return sp;
 }
 
+// The time-ordered passes run per (sequence, block of heads): a job walks its sequence's token
+// rows in order and, in each row, its block's heads (adjacent in memory), so the (.., h, a)
+// and (.., h) tensors stream instead of being read at a stride of h rows per step. Results do
+// not depend on the blocking.
+struct HeadBlocks {
+  int64_t size, count;
+};
+
+HeadBlocks head_blocks(int64_t nseq, int64_t h) {
+  const int64_t jobs = 2 * at::get_num_threads();
+  const int64_t size = std::max<int64_t>(1, std::min<int64_t>(8, nseq * h / jobs));
+  return {size, (h + size - 1) / size};
+}
+
 template <typename T>
 HJSEQ_INLINE T sigmoid(T x) { return hjseq::sigmoid_(x); }
 
@@ -129,42 +144,48 @@ void prep_forward_kernel(const Dims& d, const std::vector<Span>& sp, const FwdIn
   const int64_t h = d.h, n = d.n, p = d.p, a = d.a, l = d.l, hq = d.hq, rows = d.rows();
   const int64_t nseq = static_cast<int64_t>(sp.size()), blh = rows * h;
   const T pi = T(kPi), two_pi = T(2 * kPi);
-  at::parallel_for(0, nseq * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> phi(a);
+  const HeadBlocks hb = head_blocks(nseq, h);
+  at::parallel_for(0, nseq * hb.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> phi(hb.size * a);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t s = job / h, i = job % h;
+      const int64_t s = job / hb.count, i0 = (job % hb.count) * hb.size;
+      const int64_t i1 = std::min(h, i0 + hb.size);
       const Span q = sp[s];
-      const T* dt_ = in.DT + (q.bi * h + i) * l;
-      const T* trap = in.Trap + (q.bi * h + i) * l;
-      const T* adt = in.ADT + (q.bi * h + i) * l;
-      T* phv = phi.data();
-      for (int64_t j = 0; j < a; ++j) phv[j] = in.ang0 ? in.ang0[job * a + j] : T(0);
-      T lam_next = sigmoid(trap[q.lo]);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < a; ++j)
+          phi[(i - i0) * a + j] = in.ang0 ? in.ang0[(s * h + i) * a + j] : T(0);
       for (int64_t t = q.lo; t < q.hi; ++t) {
-        const int64_t r = (q.bi * l + t) * h + i;  // (row, head)
-        const T dt = dt_[t], lam = lam_next;
-        lam_next = t + 1 < q.hi ? sigmoid(trap[t + 1]) : T(0);
-        const T dn = t + 1 < q.hi ? (T(1) - lam_next) * dt_[t + 1] : T(0);
-        const T* ang = in.Ang + r * a;
-        T* ph = out.phi + r * a;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t r = (q.bi * l + t) * h + i, c = (q.bi * h + i) * l + t;  // (b,l,h), (b,h,l)
+          const T dt = in.DT[c], lam = sigmoid(in.Trap[c]);
+          const T dn = t + 1 < q.hi ? (T(1) - sigmoid(in.Trap[c + 1])) * in.DT[c + 1] : T(0);
+          const T* ang = in.Ang + r * a;
+          T* ph = out.phi + r * a;
+          T* phv = phi.data() + (i - i0) * a;
 #pragma omp simd
-        for (int64_t j = 0; j < a; ++j) {
-          T v = phv[j] + pi * hjseq::tanh_(ang[j]) * dt;
-          v = v - two_pi * floor_(v / two_pi);
-          phv[j] = v;
-          ph[j] = v;
+          for (int64_t j = 0; j < a; ++j) {
+            T v = phv[j] + pi * hjseq::tanh_(ang[j]) * dt;
+            v = v - two_pi * floor_(v / two_pi);
+            phv[j] = v;
+            ph[j] = v;
+          }
+          out.ld[r] = in.ADT[c];
+          out.tok[blh + r] = lam * dt + dn;
+          out.tok[2 * blh + r] = dn;
         }
-        out.ld[r] = adt[t];
-        out.tok[blh + r] = lam * dt + dn;
-        out.tok[2 * blh + r] = dn;
       }
-      std::copy(phi.begin(), phi.end(), out.phiT + job * a);
-      if (in.S0) {  // U_0^T[k][j] = S_0[j][k] + δ_first k_0[k] v_0[j]
-        const T d1 = (T(1) - sigmoid(trap[q.lo])) * dt_[q.lo];
-        const T* S0 = in.S0 + job * p * n;
-        const T* k0 = in.k0 + job * n;
-        const T* v0 = in.v0 + job * p;
-        T* U = out.init + job * n * p;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t sh = s * h + i;
+        std::copy(phi.begin() + (i - i0) * a, phi.begin() + (i - i0 + 1) * a,
+                  out.phiT + sh * a);
+        if (!in.S0) continue;
+        // U_0^T[k][j] = S_0[j][k] + δ_first k_0[k] v_0[j]
+        const int64_t c = (q.bi * h + i) * l + q.lo;
+        const T d1 = (T(1) - sigmoid(in.Trap[c])) * in.DT[c];
+        const T* S0 = in.S0 + sh * p * n;
+        const T* k0 = in.k0 + sh * n;
+        const T* v0 = in.v0 + sh * p;
+        T* U = out.init + sh * n * p;
         for (int64_t k = 0; k < n; ++k)
           for (int64_t j = 0; j < p; ++j) U[k * p + j] = S0[j * n + k] + d1 * k0[k] * v0[j];
       }
@@ -341,6 +362,7 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
           T* snv = sn.data();
 #pragma omp simd
           for (int64_t j = 0; j < a; ++j) sincos_(ph[j], snv[j], csv[j]);
+#pragma omp simd
           for (int64_t j = 0; j < a; ++j) {
             const T g0 = gq[2 * j], g1 = gq[2 * j + 1], h0 = gkp[2 * j], h1 = gkp[2 * j + 1];
             dph[j] = qt[2 * j] * g1 - qt[2 * j + 1] * g0 + kt[2 * j] * h1 - kt[2 * j + 1] * h0;
@@ -389,26 +411,29 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
   // (dinc_t = Σ_{u>=t} dφ_u + dφ_T), Angles and DT through it; the δ shift (dδ_t = dδn_{t-1},
   // and U_0's δ_first at the first token); Trap, DT through γ and δ; ADT; the states.
   std::vector<T> dDpart(nseq * h, T(0));
-  at::parallel_for(0, nseq * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> dinc(a);
+  const HeadBlocks hb = head_blocks(nseq, h);
+  at::parallel_for(0, nseq * hb.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> dinc(hb.size * a), d_first(hb.size);
     for (int64_t job = begin; job < end; ++job) {
-      const int64_t s = job / h, i = job % h;
+      const int64_t s = job / hb.count, i0 = (job % hb.count) * hb.size;
+      const int64_t i1 = std::min(h, i0 + hb.size);
       const Span q = sp[s];
-      const T* dt_ = in.DT + (q.bi * h + i) * l;
-      const T* trap = in.Trap + (q.bi * h + i) * l;
-      T* dDT = out.dDT + (q.bi * h + i) * l;
-      T* dTrap = out.dTrap + (q.bi * h + i) * l;
-      T* dADT = out.dADT + (q.bi * h + i) * l;
-      T d_first = 0;  // dL/dδ_first through U_0
-      if (in.S0) {
-        const T d1 = (T(1) - sigmoid(trap[q.lo])) * dt_[q.lo];
-        const T* dU = in.dinit + job * n * p;
-        const T* k0 = in.k0 + job * n;
-        const T* v0 = in.v0 + job * p;
-        T* dS0 = out.dS0 + job * p * n;
-        T* dk0 = out.dk0 + job * n;
-        T* dv0 = out.dv0 + job * p;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t sh = s * h + i;
+        for (int64_t j = 0; j < a; ++j)
+          dinc[(i - i0) * a + j] = in.dphiT ? in.dphiT[sh * a + j] : T(0);
+        d_first[i - i0] = 0;  // dL/dδ_first through U_0
+        if (!in.S0) continue;
+        const int64_t c = (q.bi * h + i) * l + q.lo;
+        const T d1 = (T(1) - sigmoid(in.Trap[c])) * in.DT[c];
+        const T* dU = in.dinit + sh * n * p;
+        const T* k0 = in.k0 + sh * n;
+        const T* v0 = in.v0 + sh * p;
+        T* dS0 = out.dS0 + sh * p * n;
+        T* dk0 = out.dk0 + sh * n;
+        T* dv0 = out.dv0 + sh * p;
         std::fill(dv0, dv0 + p, T(0));
+        T df = 0;
         for (int64_t k = 0; k < n; ++k) {
           T acc = 0;
           for (int64_t j = 0; j < p; ++j) {
@@ -417,36 +442,38 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
             acc += gu * v0[j];
             dv0[j] += d1 * gu * k0[k];
           }
-          d_first += acc * k0[k];
+          df += acc * k0[k];
           dk0[k] = d1 * acc;
         }
+        d_first[i - i0] = df;
       }
-      for (int64_t j = 0; j < a; ++j) dinc[j] = in.dphiT ? in.dphiT[job * a + j] : T(0);
-      T dD = 0;
       for (int64_t t = q.hi - 1; t >= q.lo; --t) {
-        const int64_t r = (q.bi * l + t) * h + i;
-        const T dt = dt_[t], lam = sigmoid(trap[t]);
-        const T* ang = in.Ang + r * a;
-        const T* dph = dphi.data() + r * a;
-        T* dang = out.dAng + r * a;
-        T ddt = 0;
-        T* dv = dinc.data();
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t r = (q.bi * l + t) * h + i, c = (q.bi * h + i) * l + t;
+          const T dt = in.DT[c], lam = sigmoid(in.Trap[c]);
+          const T* ang = in.Ang + r * a;
+          const T* dph = dphi.data() + r * a;
+          T* dang = out.dAng + r * a;
+          T* dv = dinc.data() + (i - i0) * a;
+          T ddt = 0;
 #pragma omp simd reduction(+ : ddt)
-        for (int64_t j = 0; j < a; ++j) {
-          dv[j] += dph[j];
-          const T th = hjseq::tanh_(ang[j]);
-          dang[j] = dv[j] * pi * dt * (T(1) - th * th);
-          ddt += dv[j] * pi * th;
+          for (int64_t j = 0; j < a; ++j) {
+            dv[j] += dph[j];
+            const T th = hjseq::tanh_(ang[j]);
+            dang[j] = dv[j] * pi * dt * (T(1) - th * th);
+            ddt += dv[j] * pi * th;
+          }
+          const T ddelta = t > q.lo ? ddn[r - h] : d_first[i - i0];  // δn_{t-1} = δ_t
+          const T dg = dgam[r];
+          out.dDT[c] = ddt + dg * lam + ddelta * (T(1) - lam);
+          out.dTrap[c] = (dg - ddelta) * dt * lam * (T(1) - lam);
+          out.dADT[c] = in.dld[r];
+          dDpart[s * h + i] += in.dcoef[r];
         }
-        const T ddelta = t > q.lo ? ddn[r - h] : d_first;  // δn_{t-1} = δ_t
-        const T dg = dgam[r];
-        dDT[t] = ddt + dg * lam + ddelta * (T(1) - lam);
-        dTrap[t] = (dg - ddelta) * dt * lam * (T(1) - lam);
-        dADT[t] = in.dld[r];
-        dD += in.dcoef[r];
       }
-      std::copy(dinc.begin(), dinc.end(), out.dang0 + job * a);
-      dDpart[job] = dD;
+      for (int64_t i = i0; i < i1; ++i)
+        std::copy(dinc.begin() + (i - i0) * a, dinc.begin() + (i - i0 + 1) * a,
+                  out.dang0 + (s * h + i) * a);
     }
   });
   if (out.dD) {
