@@ -277,3 +277,123 @@ def test_bad_inputs_name_the_argument():
             mamba3_siso(**ins, chunk_size=0)
         with pytest.raises(ValueError, match="backend"):
             mamba3_siso(**ins, backend="nope")
+
+
+# ---------------------------------------------------------------- the cpu backend's C++ kernel
+def test_cpu_backend_runs_the_fused_kernel():
+    """The cpu backend's graph is one autograd node (csrc/cpu/mamba3_siso.cpp around ssd.cpp),
+    not the torch ops of chunked.py."""
+    ins = _inputs(l=5)
+    y = mamba3_siso(**ins, backend="cpu")
+    assert type(y.grad_fn).__name__ == "_Mamba3SisoCpuBackward"
+
+
+@pytest.mark.parametrize("D,Z", [(True, False), (False, True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_one_of_D_and_Z(D, Z, dtype):
+    """D without Z and Z without D; full rotary (a = n/2); GQA."""
+    ins = _inputs(l=11, hq=2, h=4, n=8, a=4, D=D, Z=Z, dtype=dtype)
+    for name, r, o in zip(_names(ins), _run("ref", ins), _run("cpu", ins, chunk=4)):
+        tol = (RTOL if name in ("out", "ssm_state") else GRAD_RTOL)[dtype]
+        assert_close(r, o, tol, f"{dtype} {name}")
+
+
+@pytest.mark.parametrize("which", ["out", "states"])
+def test_cpu_gradients_of_part_of_the_outputs(which):
+    """Gradients when only the output (the final states get no gradient) or only the final
+    states (the output gets none) enter the loss."""
+    ins = _inputs(l=10, hq=1, h=2)
+    leaves = _leaves(ins)
+    res = {b: mamba3_siso(**ins, chunk_size=4, return_final_states=True, backend=b)
+           for b in ("ref", "cpu")}
+    for b in res:
+        res[b] = [res[b][0]] if which == "out" else list(res[b][1:])
+    gen = torch.Generator().manual_seed(0)
+    cot = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in res["ref"]]
+    g = {b: torch.autograd.grad(sum((o.double() * c).sum() for o, c in zip(res[b], cot)),
+                                leaves, allow_unused=True) for b in res}
+    for i, (r, o) in enumerate(zip(g["ref"], g["cpu"])):
+        if r is None:  # e.g. Z and D do not reach the final states
+            assert o is None or not o.any(), f"{which}: grad {i} should be zero"
+        else:
+            assert_close(r, o, 1e-10, f"{which}: grad {i}")
+
+
+def test_cpu_resets_and_saturated_trap():
+    """ADT = −inf (a full reset, α = 0) and Trap = ±inf (λ = 1 or 0) at some tokens."""
+    ins = _inputs(l=13, hq=2, h=4)
+    with torch.no_grad():
+        ins["ADT"][0, 1, 5] = float("-inf")
+        ins["ADT"][1, 3, 0] = float("-inf")
+        ins["Trap"][0, 0, 3] = float("inf")
+        ins["Trap"][1, 2, 12] = float("-inf")
+        ins["Trap"][1, 1, 7] = float("inf")
+    for name, r, o in zip(_names(ins), _run("ref", ins), _run("cpu", ins, chunk=4)):
+        assert_close(r, o, 1e-10, name)
+
+
+def test_cpu_float32_many_turns():
+    """Large steps: the angles wrap around 2π many times (the kernel's float sin/cos and its
+    mod 2π) and still match the definition to float32 round-off."""
+    ins = _inputs(l=40, dtype=torch.float32, states=True)
+    with torch.no_grad():
+        ins["DT"].mul_(20.0)
+        ins["ADT"].mul_(0.05)
+    ref, out = _run("ref", ins), _run("cpu", ins, chunk=16)
+    for name, r, o in zip(_names(ins), ref, out):
+        tol = (RTOL if name in ("out", "ssm_state") else GRAD_RTOL)[torch.float32]
+        assert_close(r, o, tol, name)
+
+
+def test_cpu_float16_inputs():
+    """float16 inputs are computed in float32 (the gradients come back in float16)."""
+    ins = _inputs(l=9, hq=2, h=4, dtype=torch.float16)
+    ref, out = _run("ref", ins), _run("cpu", ins, chunk=4)
+    assert out[0].dtype == torch.float16 and out[1].dtype == torch.float32
+    for name, r, o in zip(_names(ins), ref, out):
+        assert o.dtype == r.dtype, name
+        tol = (RTOL if name in ("out", "ssm_state") else GRAD_RTOL)[torch.float16]
+        assert_close(r, o, tol, name)
+
+
+def test_cpu_varlen_float32_gqa():
+    ins = _inputs(b=1, l=70, nseq=3, hq=2, h=4, n=16, p=8, a=5, dtype=torch.float32)
+    cu = torch.tensor([0, 33, 34, 70], dtype=torch.int64)
+    ref, out = _run("ref", ins, chunk=16, cu=cu), _run("cpu", ins, chunk=16, cu=cu)
+    for name, r, o in zip(_names(ins), ref, out):
+        tol = (RTOL if name in ("out", "ssm_state") else GRAD_RTOL)[torch.float32]
+        assert_close(r, o, tol, name)
+
+
+def test_cpu_kernel_rejects_bad_input():
+    """The C++ entry points check dtypes, layouts and shapes (mamba3_siso validates first, so
+    these guard direct calls)."""
+    from hjseq.ops.mamba3_siso.cpu import _ext
+
+    ins = {k: v.detach() for k, v in _inputs(states=False).items() if k != "Input_States"}
+    args = [ins[k] for k in ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias",
+                             "Angles", "D")]
+    tail = [None, None, None, None, torch.tensor([0, 21]), False]
+    ext = _ext()
+    ext.prep_forward(*args, *tail)  # the good call
+    bad = list(args)
+    bad[1] = bad[1].float()
+    with pytest.raises(RuntimeError, match="K is Float but Q is Double"):
+        ext.prep_forward(*bad, *tail)
+    bad = list(args)
+    bad[2] = bad[2].transpose(1, 2)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ext.prep_forward(*bad, *tail)
+    bad = list(args)
+    bad[6] = bad[6][:, :6].contiguous()
+    with pytest.raises(RuntimeError, match="Q_bias has shape"):
+        ext.prep_forward(*bad, *tail)
+    with pytest.raises(RuntimeError, match="int64"):
+        ext.prep_forward(*args, None, None, None, None, torch.tensor([0, 21], dtype=torch.int32),
+                         False)
+    with pytest.raises(RuntimeError, match="all four input states or none"):
+        ext.prep_forward(*args, None, torch.zeros(2, 4, 4, 8, dtype=torch.float64), None,
+                         None, torch.tensor([0, 21]), False)
+    with pytest.raises(RuntimeError, match="every sequence needs >= 1 token"):
+        one = [x[:1] if x.dim() == 4 or x.shape[0] == 2 else x for x in args]
+        ext.prep_forward(*one, None, None, None, None, torch.tensor([0, 7, 7, 21]), True)
