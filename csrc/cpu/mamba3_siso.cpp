@@ -244,44 +244,38 @@ void epilogue_forward_kernel(int64_t rows, int64_t p, T* y, const T* V, const T*
       for (int64_t k = 0; k < p; ++k) yr[k] += c * vr[k];
       if (!Z) continue;
       const T* zr = Z + r * p;
-      T* o = out + r * p;
+      T* o = out + r * p;  // may be y itself
 #pragma omp simd
       for (int64_t k = 0; k < p; ++k) o[k] = yr[k] * hjseq::silu_(zr[k]);
     }
   });
 }
 
-// dy = dout silu(Z), dZ = dout y_pre σ(Z)(1 + Z(1 - σ(Z))), dcoef = Σ_p dy v, dV = dy coef.
+// dy = dout silu(Z), dZ = dout y_pre σ(Z)(1 + Z(1 - σ(Z))) (dy = dout without Z: not written),
+// dcoef = Σ_p dy v.
 template <typename T>
 void epilogue_backward_kernel(int64_t rows, int64_t p, const T* dout, const T* ypre,
-                              const T* V, const T* coef, const T* Z, T* dy, T* dZ, T* dcoef,
-                              T* dV) {
+                              const T* V, const T* Z, T* dy, T* dZ, T* dcoef) {
   at::parallel_for(0, rows, hjseq::grain(8 * p), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* go = dout + r * p;
       const T* vr = V + r * p;
-      T* dyr = dy + r * p;
+      const T* dyr = Z ? dy + r * p : go;
       if (Z) {
         const T* zr = Z + r * p;
         const T* yr = ypre + r * p;
         T* dzr = dZ + r * p;
+        T* dyw = dy + r * p;
 #pragma omp simd
         for (int64_t k = 0; k < p; ++k) {
           const T sg = hjseq::sigmoid_(zr[k]);
-          dyr[k] = go[k] * zr[k] * sg;
+          dyw[k] = go[k] * zr[k] * sg;
           dzr[k] = go[k] * yr[k] * sg * (T(1) + zr[k] * (T(1) - sg));
         }
-      } else {
-        std::copy(go, go + p, dyr);
       }
-      const T c = coef[r];
-      T* dvr = dV + r * p;
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < p; ++k) {
-        acc += dyr[k] * vr[k];
-        dvr[k] = dyr[k] * c;
-      }
+      for (int64_t k = 0; k < p; ++k) acc += dyr[k] * vr[k];
       dcoef[r] = acc;
     }
   });
@@ -292,8 +286,8 @@ void epilogue_backward_kernel(int64_t rows, int64_t p, const T* dout, const T* y
 template <typename T>
 struct BwdIn {
   // gradients: of x, ld, B = k̃, C = q̃, U_0^T (ssd backward); of φ_T, k_T (may be null);
-  // of coef (epilogue backward)
-  const T *dx, *dld, *dkt, *dqt, *dinit, *dphiT, *dkT, *dcoef;
+  // of the ssd output and of coef (epilogue backward)
+  const T *dx, *dld, *dkt, *dqt, *dinit, *dphiT, *dkT, *dy, *dcoef;
   // forward inputs and saved values
   const T *Q, *K, *V, *DT, *Trap, *Qb, *Kb, *Ang, *S0, *k0, *v0, *qt, *kt, *tok, *phi;
 };
@@ -312,7 +306,7 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
   for (int64_t s = 0; s < nseq; ++s) last_of[sp[s].bi * l + sp[s].hi - 1] = s;
   std::vector<T> dphi(rows * h * a), ddn(rows * h), dgam(rows * h);
 
-  // (1) per token row, all heads: dV += dx (γ + δn); the rotation's adjoint; dφ; the q̃·k̃
+  // (1) per token row, all heads: dV = dy coef + dx (γ + δn); the rotation's adjoint; dφ; the q̃·k̃
   // term; dQ, dK summed over each Q/K head's group. The bias gradients are summed per block
   // of rows, then over the blocks in order (deterministic for any thread count).
   const int64_t nblk = std::min<int64_t>(rows, 32);
@@ -332,14 +326,16 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
           const int64_t r = row * h + i, g = i / d.rep();
           // x = (γ + δn) v
           const T* dxr = in.dx + r * p;
+          const T* dyr = in.dy + r * p;
           const T* vr = in.V + r * p;
-          T* dvr = out.dV + r * p;
-          const T scale = in.tok[blh + r], dn = in.tok[2 * blh + r], qk = in.tok[3 * blh + r];
+          T* dvr = out.dV + r * p;  // may be dy itself
+          const T coef = in.tok[r], scale = in.tok[blh + r], dn = in.tok[2 * blh + r],
+                  qk = in.tok[3 * blh + r];
           T dscale = 0;
 #pragma omp simd reduction(+ : dscale)
           for (int64_t k = 0; k < p; ++k) {
             dscale += dxr[k] * vr[k];
-            dvr[k] += dxr[k] * scale;
+            dvr[k] = dyr[k] * coef + dxr[k] * scale;
           }
           const T dc = in.dcoef[r];
           ddn[r] = dscale - dc * qk;  // coef = D - δn qk
@@ -596,10 +592,11 @@ std::vector<at::Tensor> prep_forward(
   return {qt, kt, x, ld, tok, phi, init, phiT, kT};
 }
 
-// y (b, l, h, p) becomes y + coef v in place (the pre-gate output); returns y silu(Z), or y
-// itself without Z. coef: tok (4, b, l, h) (its first plane is read).
-at::Tensor epilogue_forward(at::Tensor y, const at::Tensor& V, const at::Tensor& tok,
-                            const c10::optional<at::Tensor>& Z) {
+// y (b, l, h, p) becomes y + coef v in place (the pre-gate output); returns y silu(Z) (in a
+// new tensor with keep_y, else gated in place) or, without Z, y itself. coef: tok
+// (4, b, l, h) (its first plane is read).
+at::Tensor epilogue_forward(const at::Tensor& y, const at::Tensor& V, const at::Tensor& tok,
+                            const c10::optional<at::Tensor>& Z, bool keep_y) {
   const auto dt = y.scalar_type();
   check(y, "y", dt);
   check(V, "V", dt);
@@ -610,7 +607,7 @@ at::Tensor epilogue_forward(at::Tensor y, const at::Tensor& V, const at::Tensor&
   TORCH_CHECK(tok.numel() == 4 * rows, "mamba3_siso kernel: tok must be (4, b, l, h)");
   const bool z = Z.has_value() && Z->defined();
   if (z) TORCH_CHECK(Z->sizes() == y.sizes(), "mamba3_siso kernel: Z must be like V");
-  at::Tensor out = z ? at::empty_like(y) : y;
+  at::Tensor out = z && keep_y ? at::empty_like(y) : y;
   AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_epilogue_forward", [&] {
     epilogue_forward_kernel<scalar_t>(rows, p, y.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
                                       tok.data_ptr<scalar_t>(), opt_ptr<scalar_t>(Z),
@@ -619,8 +616,8 @@ at::Tensor epilogue_forward(at::Tensor y, const at::Tensor& V, const at::Tensor&
   return out;
 }
 
-// y: the pre-gate output (only read with Z). Returns dy (the ssd output's gradient), dV (its
-// direct part), dZ (undefined without Z), dcoef (b, l, h).
+// y: the pre-gate output (only read with Z). Returns dy (the ssd output's gradient: dout
+// itself without Z), dZ (undefined without Z), dcoef (b, l, h).
 std::vector<at::Tensor> epilogue_backward(const at::Tensor& dout,
                                           const c10::optional<at::Tensor>& ypre,
                                           const at::Tensor& V, const at::Tensor& tok,
@@ -641,27 +638,28 @@ std::vector<at::Tensor> epilogue_backward(const at::Tensor& dout,
     TORCH_CHECK(Z->sizes() == V.sizes() && ypre->sizes() == V.sizes(),
                 "mamba3_siso kernel: Z and y must be like V");
   }
-  at::Tensor dy = at::empty_like(V), dV = at::empty_like(V);
+  at::Tensor dy = z ? at::empty_like(V) : dout;
   at::Tensor dZ = z ? at::empty_like(V) : at::Tensor();
   at::Tensor dcoef = at::empty({V.size(0), V.size(1), V.size(2)}, V.options());
   AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_epilogue_backward", [&] {
     using T = scalar_t;
-    epilogue_backward_kernel<T>(rows, p, dout.data_ptr<T>(), z ? ypre->data_ptr<T>() : nullptr,
-                                V.data_ptr<T>(), tok.data_ptr<T>(), opt_ptr<T>(Z),
-                                dy.data_ptr<T>(), z ? dZ.data_ptr<T>() : nullptr,
-                                dcoef.data_ptr<T>(), dV.data_ptr<T>());
+    epilogue_backward_kernel<T>(rows, p, dout.data_ptr<T>(),
+                                z ? ypre->data_ptr<T>() : nullptr, V.data_ptr<T>(),
+                                opt_ptr<T>(Z), z ? dy.data_ptr<T>() : nullptr,
+                                z ? dZ.data_ptr<T>() : nullptr, dcoef.data_ptr<T>());
   });
-  return {dy, dV, dZ, dcoef};
+  return {dy, dZ, dcoef};
 }
 
-// dV (b, l, h, p) is accumulated in place. Returns dQ, dK, dADT, dDT, dTrap, dQ_bias,
-// dK_bias, dAngles, dD (undefined without D), dangle0, dS0, dk0, dv0 (the last three
-// undefined without input states).
+// dy: the ssd output's gradient; dV (b, l, h, p) receives V's gradient (it may be dy itself,
+// which is read first). Returns dQ, dK, dADT, dDT, dTrap, dQ_bias, dK_bias, dAngles, dD
+// (undefined without D), dangle0, dS0, dk0, dv0 (the last three undefined without input
+// states).
 std::vector<at::Tensor> prep_backward(
     const at::Tensor& dx, const at::Tensor& dld, const at::Tensor& dkt, const at::Tensor& dqt,
     const at::Tensor& dinit, const c10::optional<at::Tensor>& dphiT,
-    const c10::optional<at::Tensor>& dkT, const at::Tensor& dcoef, const at::Tensor& dV,
-    const at::Tensor& Q, const at::Tensor& K, const at::Tensor& V, const at::Tensor& DT,
+    const c10::optional<at::Tensor>& dkT, const at::Tensor& dy, const at::Tensor& dcoef,
+    const at::Tensor& dV, const at::Tensor& Q, const at::Tensor& K, const at::Tensor& V, const at::Tensor& DT,
     const at::Tensor& Trap, const at::Tensor& Qb, const at::Tensor& Kb,
     const at::Tensor& Angles, const c10::optional<at::Tensor>& S0,
     const c10::optional<at::Tensor>& k0, const c10::optional<at::Tensor>& v0,
@@ -671,11 +669,12 @@ std::vector<at::Tensor> prep_backward(
   const Dims d = dims_of(Q, V, Angles);
   const std::vector<Span> sp = checked_spans(d, cu, varlen);
   const int64_t s = static_cast<int64_t>(sp.size());
-  for (auto* t : {&dx, &dld, &dkt, &dqt, &dinit, &dcoef, &dV, &Q, &K, &V, &DT, &Trap, &Qb,
+  for (auto* t : {&dx, &dld, &dkt, &dqt, &dinit, &dy, &dcoef, &dV, &Q, &K, &V, &DT, &Trap, &Qb,
                   &Kb, &Angles, &qt, &kt, &tok, &phi})
     check(*t, "prep_backward input", dt);
   check_dims(dx, "dx", {d.b, d.l, d.h, d.p});
   check_dims(dV, "dV", {d.b, d.l, d.h, d.p});
+  check_dims(dy, "dy", {d.b, d.l, d.h, d.p});
   check_dims(dld, "dld", {d.b, d.l, d.h});
   check_dims(dcoef, "dcoef", {d.b, d.l, d.h});
   for (auto* t : {&dkt, &dqt, &qt, &kt}) check_dims(*t, "q̃/k̃ (or gradient)", {d.b, d.l, d.h, d.n});
@@ -706,7 +705,8 @@ std::vector<at::Tensor> prep_backward(
     using T = scalar_t;
     const BwdIn<T> in{dx.data_ptr<T>(),     dld.data_ptr<T>(),  dkt.data_ptr<T>(),
                       dqt.data_ptr<T>(),    dinit.data_ptr<T>(), opt_ptr<T>(dphiT),
-                      opt_ptr<T>(dkT),      dcoef.data_ptr<T>(), Q.data_ptr<T>(),
+                      opt_ptr<T>(dkT),      dy.data_ptr<T>(),   dcoef.data_ptr<T>(),
+                      Q.data_ptr<T>(),
                       K.data_ptr<T>(),      V.data_ptr<T>(),    DT.data_ptr<T>(),
                       Trap.data_ptr<T>(),   Qb.data_ptr<T>(),   Kb.data_ptr<T>(),
                       Angles.data_ptr<T>(), opt_ptr<T>(S0),     opt_ptr<T>(k0),

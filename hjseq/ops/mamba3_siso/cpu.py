@@ -53,9 +53,12 @@ class _Mamba3SisoCpu(torch.autograd.Function):
         qt, kt, x, ld, tok, phi, init_t, phi_T, k_T = _ext().prep_forward(
             Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, angle0, S0, k0, v0, cu, varlen)
         y, fin_t, st = _ssd_ext().forward(x, ld, kt, qt, init_t, cu, varlen, chunk)
-        out = _ext().epilogue_forward(y, V, tok, Z)  # y is now the pre-gate output
+        # y becomes the pre-gate output, kept for dZ only when a gradient is wanted (else the
+        # gate is applied in place)
+        keep_y = Z is not None and any(ctx.needs_input_grad)
+        out = _ext().epilogue_forward(y, V, tok, Z, keep_y)
         ctx.save_for_backward(Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z, S0, k0, v0, qt, kt,
-                              x, ld, tok, phi, st, y if Z is not None else None, cu)
+                              x, ld, tok, phi, st, y if keep_y else None, cu)
         ctx.flags = (varlen, chunk, D is not None)
         ctx.set_materialize_grads(False)
         return out, phi_T, fin_t.transpose(-1, -2).contiguous(), k_T
@@ -70,13 +73,15 @@ class _Mamba3SisoCpu(torch.autograd.Function):
         c = lambda g: None if g is None else g.to(V.dtype).contiguous()  # noqa: E731
         dout = torch.zeros_like(V) if dout is None else c(dout)
         dfin_t = None if dS_T is None else c(dS_T.transpose(-1, -2))
-        dy, dV, dZ, dcoef = _ext().epilogue_backward(dout, ypre, V, tok, Z)
+        dy, dZ, dcoef = _ext().epilogue_backward(dout, ypre, V, tok, Z)
         dx, dld, dkt, dqt, dinit_t = _ssd_ext().backward(dy, dfin_t, x, ld, kt, qt, st, cu,
                                                          varlen, chunk)
+        # dV is written over dy when dy is ours (with Z; without Z it is dout itself)
+        dV = dy if Z is not None else torch.empty_like(V)
         (dQ, dK, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dang0, dS0, dk0,
-         dv0) = _ext().prep_backward(dx, dld, dkt, dqt, dinit_t, c(dphi_T), c(dk_T), dcoef, dV,
-                                     Q, K, V, DT, Trap, Q_bias, K_bias, Angles, S0, k0, v0, qt,
-                                     kt, tok, phi, cu, varlen, has_D)
+         dv0) = _ext().prep_backward(dx, dld, dkt, dqt, dinit_t, c(dphi_T), c(dk_T), dy, dcoef,
+                                     dV, Q, K, V, DT, Trap, Q_bias, K_bias, Angles, S0, k0, v0,
+                                     qt, kt, tok, phi, cu, varlen, has_D)
         if S0 is None:
             dang0 = None
         return (dQ, dK, dV, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dZ, dang0, dS0, dk0, dv0,
