@@ -289,7 +289,7 @@ struct BwdIn {
   // of the ssd output and of coef (epilogue backward)
   const T *dx, *dld, *dkt, *dqt, *dinit, *dphiT, *dkT, *dy, *dcoef;
   // forward inputs and saved values
-  const T *Q, *K, *V, *DT, *Trap, *Qb, *Kb, *Ang, *S0, *k0, *v0, *qt, *kt, *tok, *phi;
+  const T *Q, *K, *V, *DT, *Trap, *Qb, *Kb, *Ang, *S0, *k0, *v0, *tok, *phi;
 };
 template <typename T>
 struct BwdOut {
@@ -341,7 +341,18 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
           ddn[r] = dscale - dc * qk;  // coef = D - δn qk
           dgam[r] = dscale;
           const T dqk = -dc * dn;
-          // rotation: dφ_j = q̃_2j gq_2j+1 - q̃_2j+1 gq_2j (+ the same for k); d(x) = R^T g
+          // qb = Q + Q_bias, kb = K + K_bias (q̃ = R qb, k̃ = R kb; qk = qb·kb)
+          const T* qr = in.Q + (row * hq + g) * n;
+          const T* kr = in.K + (row * hq + g) * n;
+          const T* qbias = in.Qb + i * n;
+          const T* kbias = in.Kb + i * n;
+#pragma omp simd
+          for (int64_t k = 0; k < n; ++k) {
+            qb[k] = qr[k] + qbias[k];
+            kb[k] = kr[k] + kbias[k];
+          }
+          // rotation: d qb = R^T g, and dφ_j = q̃_2j g_2j+1 - q̃_2j+1 g_2j (+ the same for k)
+          // = qb_2j (R^T g)_2j+1 - qb_2j+1 (R^T g)_2j (a rotation keeps the 2-D cross product)
           const T* gq = in.dqt + r * n;
           const T* gkr = in.dkt + r * n;
           const T* gkp = gkr;
@@ -350,8 +361,6 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
             for (int64_t k = 0; k < n; ++k) gk[k] = gkr[k] + e[k];
             gkp = gk.data();
           }
-          const T* qt = in.qt + r * n;
-          const T* kt = in.kt + r * n;
           const T* ph = in.phi + r * a;
           T* dph = dphi.data() + r * a;
           T* csv = cs.data();
@@ -361,29 +370,26 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
 #pragma omp simd
           for (int64_t j = 0; j < a; ++j) {
             const T g0 = gq[2 * j], g1 = gq[2 * j + 1], h0 = gkp[2 * j], h1 = gkp[2 * j + 1];
-            dph[j] = qt[2 * j] * g1 - qt[2 * j + 1] * g0 + kt[2 * j] * h1 - kt[2 * j + 1] * h0;
-            dqb[2 * j] = csv[j] * g0 + snv[j] * g1;
-            dqb[2 * j + 1] = csv[j] * g1 - snv[j] * g0;
-            dkb[2 * j] = csv[j] * h0 + snv[j] * h1;
-            dkb[2 * j + 1] = csv[j] * h1 - snv[j] * h0;
+            const T q0 = csv[j] * g0 + snv[j] * g1, q1 = csv[j] * g1 - snv[j] * g0;
+            const T k0 = csv[j] * h0 + snv[j] * h1, k1 = csv[j] * h1 - snv[j] * h0;
+            dph[j] = qb[2 * j] * q1 - qb[2 * j + 1] * q0 + kb[2 * j] * k1 - kb[2 * j + 1] * k0;
+            dqb[2 * j] = q0;
+            dqb[2 * j + 1] = q1;
+            dkb[2 * j] = k0;
+            dkb[2 * j + 1] = k1;
           }
           for (int64_t k = 2 * a; k < n; ++k) {
             dqb[k] = gq[k];
             dkb[k] = gkp[k];
           }
-          // qk = (Q + Q_bias)·(K + K_bias)
-          const T* qr = in.Q + (row * hq + g) * n;
-          const T* kr = in.K + (row * hq + g) * n;
-          const T* qbias = in.Qb + i * n;
-          const T* kbias = in.Kb + i * n;
           T* dQg = dQr + g * n;
           T* dKg = dKr + g * n;
           T* dqbi = dqbias + i * n;
           T* dkbi = dkbias + i * n;
 #pragma omp simd
           for (int64_t k = 0; k < n; ++k) {
-            const T q_ = dqb[k] + dqk * (kr[k] + kbias[k]);
-            const T k_ = dkb[k] + dqk * (qr[k] + qbias[k]);
+            const T q_ = dqb[k] + dqk * kb[k];
+            const T k_ = dkb[k] + dqk * qb[k];
             dQg[k] += q_;
             dKg[k] += k_;
             dqbi[k] += q_;
@@ -663,21 +669,21 @@ std::vector<at::Tensor> prep_backward(
     const at::Tensor& Trap, const at::Tensor& Qb, const at::Tensor& Kb,
     const at::Tensor& Angles, const c10::optional<at::Tensor>& S0,
     const c10::optional<at::Tensor>& k0, const c10::optional<at::Tensor>& v0,
-    const at::Tensor& qt, const at::Tensor& kt, const at::Tensor& tok, const at::Tensor& phi,
-    const at::Tensor& cu, bool varlen, bool has_D) {
+    const at::Tensor& tok, const at::Tensor& phi, const at::Tensor& cu, bool varlen,
+    bool has_D) {
   const auto dt = Q.scalar_type();
   const Dims d = dims_of(Q, V, Angles);
   const std::vector<Span> sp = checked_spans(d, cu, varlen);
   const int64_t s = static_cast<int64_t>(sp.size());
   for (auto* t : {&dx, &dld, &dkt, &dqt, &dinit, &dy, &dcoef, &dV, &Q, &K, &V, &DT, &Trap, &Qb,
-                  &Kb, &Angles, &qt, &kt, &tok, &phi})
+                  &Kb, &Angles, &tok, &phi})
     check(*t, "prep_backward input", dt);
   check_dims(dx, "dx", {d.b, d.l, d.h, d.p});
   check_dims(dV, "dV", {d.b, d.l, d.h, d.p});
   check_dims(dy, "dy", {d.b, d.l, d.h, d.p});
   check_dims(dld, "dld", {d.b, d.l, d.h});
   check_dims(dcoef, "dcoef", {d.b, d.l, d.h});
-  for (auto* t : {&dkt, &dqt, &qt, &kt}) check_dims(*t, "q̃/k̃ (or gradient)", {d.b, d.l, d.h, d.n});
+  for (auto* t : {&dkt, &dqt}) check_dims(*t, "dq̃/dk̃", {d.b, d.l, d.h, d.n});
   check_dims(tok, "tok", {4, d.b, d.l, d.h});
   check_dims(phi, "phi", {d.b, d.l, d.h, d.a});
   check_dims(dinit, "dinit", {s, d.h, d.n, d.p});
@@ -710,8 +716,7 @@ std::vector<at::Tensor> prep_backward(
                       K.data_ptr<T>(),      V.data_ptr<T>(),    DT.data_ptr<T>(),
                       Trap.data_ptr<T>(),   Qb.data_ptr<T>(),   Kb.data_ptr<T>(),
                       Angles.data_ptr<T>(), opt_ptr<T>(S0),     opt_ptr<T>(k0),
-                      opt_ptr<T>(v0),       qt.data_ptr<T>(),   kt.data_ptr<T>(),
-                      tok.data_ptr<T>(),    phi.data_ptr<T>()};
+                      opt_ptr<T>(v0),       tok.data_ptr<T>(),  phi.data_ptr<T>()};
     const BwdOut<T> out{dQ.data_ptr<T>(),    dK.data_ptr<T>(),     dV.data_ptr<T>(),
                         dADT.data_ptr<T>(),  dDT.data_ptr<T>(),    dTrap.data_ptr<T>(),
                         dQb.data_ptr<T>(),   dKb.data_ptr<T>(),    dAng.data_ptr<T>(),

@@ -81,7 +81,7 @@ class _Mamba3SisoCpu(torch.autograd.Function):
         (dQ, dK, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dang0, dS0, dk0,
          dv0) = _ext().prep_backward(dx, dld, dkt, dqt, dinit_t, c(dphi_T), c(dk_T), dy, dcoef,
                                      dV, Q, K, V, DT, Trap, Q_bias, K_bias, Angles, S0, k0, v0,
-                                     qt, kt, tok, phi, cu, varlen, has_D)
+                                     tok, phi, cu, varlen, has_D)
         if S0 is None:
             dang0 = None
         return (dQ, dK, dV, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dZ, dang0, dS0, dk0, dv0,
