@@ -304,11 +304,12 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
   const T pi = T(kPi);
   std::vector<int64_t> last_of(rows, -1);  // row -> the sequence it ends, or -1
   for (int64_t s = 0; s < nseq; ++s) last_of[sp[s].bi * l + sp[s].hi - 1] = s;
-  std::vector<T> dphi(rows * h * a), ddn(rows * h), dgam(rows * h);
+  std::vector<T> ddn(rows * h), dgam(rows * h);
 
-  // (1) per token row, all heads: dV = dy coef + dx (γ + δn); the rotation's adjoint; dφ; the q̃·k̃
-  // term; dQ, dK summed over each Q/K head's group. The bias gradients are summed per block
-  // of rows, then over the blocks in order (deterministic for any thread count).
+  // (1) per token row, all heads: dV = dy coef + dx (γ + δn); the rotation's adjoint; dφ
+  // (kept in dAngles' buffer until (2)); the q̃·k̃ term; dQ, dK summed over each Q/K head's
+  // group. The bias gradients are summed per block of rows, then over the blocks in order
+  // (deterministic for any thread count).
   const int64_t nblk = std::min<int64_t>(rows, 32);
   std::vector<T> dbias(nblk * 2 * h * n, T(0));
   at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
@@ -362,7 +363,7 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
             gkp = gk.data();
           }
           const T* ph = in.phi + r * a;
-          T* dph = dphi.data() + r * a;
+          T* dph = out.dAng + r * a;
           T* csv = cs.data();
           T* snv = sn.data();
 #pragma omp simd
@@ -454,13 +455,12 @@ void prep_backward_kernel(const Dims& d, const std::vector<Span>& sp, const BwdI
           const int64_t r = (q.bi * l + t) * h + i, c = (q.bi * h + i) * l + t;
           const T dt = in.DT[c], lam = sigmoid(in.Trap[c]);
           const T* ang = in.Ang + r * a;
-          const T* dph = dphi.data() + r * a;
-          T* dang = out.dAng + r * a;
+          T* dang = out.dAng + r * a;  // holds dφ_t on entry
           T* dv = dinc.data() + (i - i0) * a;
           T ddt = 0;
 #pragma omp simd reduction(+ : ddt)
           for (int64_t j = 0; j < a; ++j) {
-            dv[j] += dph[j];
+            dv[j] += dang[j];
             const T th = hjseq::tanh_(ang[j]);
             dang[j] = dv[j] * pi * dt * (T(1) - th * th);
             ddt += dv[j] * pi * th;
