@@ -4,7 +4,7 @@
 // Q/K head g = i / (h / h_qk):
 //
 //   φ_t = (φ_{t-1} + π tanh(Angles_t) Δ_t) mod 2π          (φ before the first token: angle0)
-//   q̃_t = R(φ_t)(Q_t + Q_bias),  k̃_t = R(φ_t)(K_t + K_bias),  qk_t = (Q_t + Q_bias)·(K_t + K_bias)
+//   q̃_t = R(φ_t) qb_t,  k̃_t = R(φ_t) kb_t,  qk_t = qb_t·kb_t   (qb = Q + Q_bias, kb = K + K_bias)
 //   λ_t = σ(Trap_t),  γ_t = λ_t Δ_t,  δ_t = (1 - λ_t) Δ_t,  δn_t = δ_{t+1} (0 at a sequence end)
 //   x_t = (γ_t + δn_t) v_t,   ld_t = ADT_t,   coef_t = D - δn_t qk_t
 //   U_0^T = S_0^T + δ_first k_0 ⊗ v_0
@@ -12,11 +12,14 @@
 //   out_t = (y_t + coef_t v_t) · silu(Z_t)
 //
 // Entry points (all tensors contiguous, float32 or float64, one dtype; cu int64 (s+1,)):
-//   prep_forward   one pass per (sequence, head): angles, rotation, q̃·k̃, x, ld, coef, U_0.
+//   prep_forward   a pass in time order per (sequence, block of heads): φ (cumulative, so
+//                  sequential), δn, γ + δn, ld, φ_T, U_0; then a pass over token rows (all
+//                  heads of a row): cos/sin of φ once per (b, l, h, a), q̃, k̃, q̃·k̃, x, coef.
 //   epilogue_forward / epilogue_backward   one pass over (b, l, h) rows of p.
-//   prep_backward  a pass over token rows (all heads of a row: the rotation's and the biases'
-//                  gradients, GQA sums without races) and a pass per (sequence, head)
-//                  backwards in time (the angle cumsum's adjoint, the δ shift, Trap, DT).
+//   prep_backward  a pass over token rows (all heads of a row: dV, the rotation's and the
+//                  biases' gradients, dφ, GQA sums without races), then one backwards in
+//                  time per (sequence, block of heads): the angle cumsum's adjoint, the δ
+//                  shift, Angles, Trap, DT, ADT, the input states.
 // Layouts as mamba-ssm's mamba3_siso_combined: Q, K (b, l, h_qk, n); V, Z (b, l, h, p); ADT,
 // DT, Trap (b, h, l); Q_bias, K_bias (h, n); Angles (b, l, h, a); D (h,); states angle
 // (s, h, a), S_0 (s, h, p, n), k_0 (s, h, n), v_0 (s, h, p). Internal: q̃, k̃ (b, l, h, n);
@@ -665,8 +668,8 @@ std::vector<at::Tensor> prep_backward(
     const at::Tensor& dx, const at::Tensor& dld, const at::Tensor& dkt, const at::Tensor& dqt,
     const at::Tensor& dinit, const c10::optional<at::Tensor>& dphiT,
     const c10::optional<at::Tensor>& dkT, const at::Tensor& dy, const at::Tensor& dcoef,
-    const at::Tensor& dV, const at::Tensor& Q, const at::Tensor& K, const at::Tensor& V, const at::Tensor& DT,
-    const at::Tensor& Trap, const at::Tensor& Qb, const at::Tensor& Kb,
+    const at::Tensor& dV, const at::Tensor& Q, const at::Tensor& K, const at::Tensor& V,
+    const at::Tensor& DT, const at::Tensor& Trap, const at::Tensor& Qb, const at::Tensor& Kb,
     const at::Tensor& Angles, const c10::optional<at::Tensor>& S0,
     const c10::optional<at::Tensor>& k0, const c10::optional<at::Tensor>& v0,
     const at::Tensor& tok, const at::Tensor& phi, const at::Tensor& cu, bool varlen,

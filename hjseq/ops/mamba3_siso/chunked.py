@@ -1,4 +1,6 @@
-"""Mamba-3's SISO scan through Mamba-2's chunked ``ssd_scan`` (the cpu/triton backends).
+"""Mamba-3's SISO scan through Mamba-2's chunked ``ssd_scan``: the reduction, and the torch
+implementation the triton backend runs (the cpu backend runs the same reduction in fused C++
+passes, ``cpu.py``).
 
 The exponential-trapezoidal recurrence of ``ref.py``,
 
