@@ -39,10 +39,17 @@ namespace {
 enum WKind { kSame = 0, kBF16 = 1, kInt8 = 2 };
 
 struct Lin {
-  at::Tensor w, scale, bias;  // w (out, in) contiguous; scale (out,) float; bias (out,) T
+  at::Tensor w, scale, bias;  // w (out, in) contiguous, (in, out) if cols; scale (out,) float;
+                              // bias (out,) T
   int kind = kSame;
   int64_t out = 0, in = 0;
+  bool cols = false;
 };
+
+// Projections with at most this many inputs and at least kColsMinOut outputs (Mamba's
+// dt_proj: in = dt_rank) are stored transposed and computed along the outputs: a dot product
+// of a few dozen terms per output row would be mostly horizontal reduction.
+constexpr int64_t kColsMaxIn = 64, kColsMinOut = 256;
 
 using TensorMap = std::map<std::string, at::Tensor>;
 
@@ -72,6 +79,10 @@ Lin make_lin(const TensorMap& t, const std::string& name, at::ScalarType T) {
   }
   auto it = t.find(name + ".bias");
   if (it != t.end() && it->second.defined()) L.bias = it->second.to(T).contiguous();
+  if (L.in <= kColsMaxIn && L.out >= kColsMinOut) {
+    L.w = L.w.t().contiguous();
+    L.cols = true;
+  }
   return L;
 }
 
@@ -189,10 +200,60 @@ void linear_rows(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
   }
 }
 
+// Output chunks [lo, hi) of kColsChunk of a transposed (cols) projection: for each batch row,
+// acc[o] = Σ_i x[i] w[i, o] along contiguous outputs, in an L1 accumulator.
+constexpr int64_t kColsChunk = 256;
+
+template <typename T, typename W>
+void linear_cols(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T* y,
+                 int64_t ldy, bool accumulate, int64_t lo, int64_t hi) {
+  const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
+  const float* scale = L.kind == kInt8 ? L.scale.data_ptr<float>() : nullptr;
+  T acc[kColsChunk];
+  for (int64_t c = lo; c < hi; ++c) {
+    const int64_t o0 = c * kColsChunk, n = std::min(kColsChunk, L.out - o0);
+    for (int64_t b = 0; b < B; ++b) {
+      const T* xb = x + b * ldx;
+      std::fill(acc, acc + n, T(0));
+      for (int64_t i = 0; i < L.in; ++i) {
+        const T xv = xb[i];
+        const W* wi = w + i * L.out + o0;
+#pragma omp simd
+        for (int64_t o = 0; o < n; ++o) acc[o] += wval<T>(wi[o]) * xv;
+      }
+      T* yb = y + b * ldy + o0;
+      for (int64_t o = 0; o < n; ++o) {
+        T v = scale ? acc[o] * static_cast<T>(scale[o0 + o]) : acc[o];
+        if (bias) v += bias[o0 + o];
+        yb[o] = accumulate ? yb[o] + v : v;
+      }
+    }
+  }
+}
+
 // y[b, o] (+)= bias[o] + scale[o] Σ_i W[o, i] x[b, i] for b < B, o < out.
 template <typename T>
 void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
             bool accumulate) {
+  if (L.cols) {
+    const int64_t nch = (L.out + kColsChunk - 1) / kColsChunk;
+    const int64_t grain =
+        std::max<int64_t>(1, 262144 / (L.in * kColsChunk * std::max<int64_t>(B, 1)));
+    pfor(nch, grain, [&](int64_t lo, int64_t hi) {
+      if (L.kind == kSame) {
+        linear_cols<T, T>(L, L.w.data_ptr<T>(), x, B, ldx, y, ldy, accumulate, lo, hi);
+      } else if constexpr (std::is_same_v<T, float>) {
+        if (L.kind == kBF16) {
+          linear_cols<T, uint16_t>(L, reinterpret_cast<const uint16_t*>(L.w.data_ptr()), x,
+                                   B, ldx, y, ldy, accumulate, lo, hi);
+        } else {
+          linear_cols<T, int8_t>(L, L.w.data_ptr<int8_t>(), x, B, ldx, y, ldy, accumulate,
+                                 lo, hi);
+        }
+      }
+    });
+    return;
+  }
   // a large GEMM: torch's BLAS (MKL/oneDNN) does it best; small ones cost more in its
   // threading than in arithmetic, so they stay on the kernel below
   if (L.kind == kSame && B >= 8 && L.in * L.out >= (int64_t(1) << 20) && g_threads != 1) {
@@ -255,6 +316,39 @@ HJSEQ_INLINE T phi1(T u) {
   return std::expm1(u) / u;
 }
 
+// log(u) for finite u > 0 in float, branch-free so that loops over it vectorise: u = m 2^e
+// with m in [√½, √2), Cephes' logf polynomial in m − 1 (≈ 1 ulp).
+HJSEQ_INLINE float log_(float u) {
+  const int32_t bits = __builtin_bit_cast(int32_t, u);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  float m = hjseq::bit_cast_float((bits & 0x007fffff) | 0x3f000000);  // [½, 1)
+  const bool lo = m < 0.707106781186547524f;
+  e = lo ? e - 1.0f : e;
+  m = lo ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+// softplus(x) = log1p(eˣ) (x above 20: x, as torch). float: log1p(t) = log(u) + (t − (u − 1))/u
+// with u = 1 + t, the second term restoring what rounding u lost, so that loops vectorise
+// (libm's log1pf is a call of ~20 ns, which dominated the Mamba step's Δ); double: libm.
+HJSEQ_INLINE float softplus_v(float x) {
+  const float t = hjseq::exp_(x), u = 1.0f + t;
+  const float r = log_(u) + (t - (u - 1.0f)) / u;
+  return x > 20.0f ? x : r;
+}
+HJSEQ_INLINE double softplus_v(double x) { return hjseq::softplus_(x); }
+
 enum Kind { kMamba = 0, kRNN = 1, kGRU = 2, kLSTM = 3, kLSE = 4, kMamba2 = 5 };
 
 struct Layer {
@@ -262,8 +356,8 @@ struct Layer {
   at::Tensor norm_w;        // (d,) T
   double norm_eps = 1e-5;
   Lin in_proj, x_proj, dt_proj, out_proj, w_ih, w_hh;
-  // mamba: conv_w (Di, W), conv_b (Di,), A (Di, N), D (Di,);
-  // mamba2: conv_w (conv_dim, W), conv_b (conv_dim,), A (H,), D (d_ssm,), dt_bias (H,),
+  // mamba: conv_w (W, Di) (transposed), conv_b (Di,), A (Di, N), D (Di,);
+  // mamba2: conv_w (W, conv_dim), conv_b (conv_dim,), A (H,), D (d_ssm,), dt_bias (H,),
   // gnorm_w (d_ssm,): the gated RMSNorm's weight (undefined without the norm)
   at::Tensor conv_w, conv_b, A, D, dt_bias, gnorm_w;
   int64_t d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0, hidden = 0, units = 0,
@@ -287,24 +381,36 @@ struct Scratch {
 };
 
 // One step of the depthwise causal conv over C channels of B rows, then SiLU:
-//   u[b, c] = silu(bias[c] + Σ_{k<W−1} w[c, k] st[b, c, k] + w[c, W−1] xin[b, c]),
-// and the state st (B, C, W−1) shifts by one, taking xin as its newest column.
+//   u[b, c] = silu(w[W−1, c] xin[b, c] + Σ_{k<W−1} w[k, c] st[b, k, c] + bias[c]),
+// and the state st (B, W−1, C) (the last W−1 inputs, oldest first) shifts by one, taking xin.
+// Every loop runs along the channels, so all of them vectorise.
 template <typename T>
 void conv_step(const Layer& L, const T* xin, int64_t ldin, T* st, int64_t B, int64_t C, T* u,
                int64_t ldu) {
-  const int64_t W = L.d_conv;
+  const int64_t S = L.d_conv - 1;
   const T *cw = ptr<T>(L.conv_w), *cb = ptr<T>(L.conv_b);
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t d = 0; d < C; ++d) {
-      T* sd = st + (b * C + d) * (W - 1);
-      const T* w = cw + d * W;
-      const T xi = xin[b * ldin + d];
-      T pre = (cb ? cb[d] : T(0)) + w[W - 1] * xi;
-      for (int64_t k = 0; k < W - 1; ++k) pre += w[k] * sd[k];
-      for (int64_t k = 0; k + 1 < W - 1; ++k) sd[k] = sd[k + 1];
-      if (W > 1) sd[W - 2] = xi;
-      u[b * ldu + d] = hjseq::silu_(pre);
+    const T* xb = xin + b * ldin;
+    T* sb = st + b * S * C;
+    T* ub = u + b * ldu;
+    const T* wl = cw + S * C;
+#pragma omp simd
+    for (int64_t d = 0; d < C; ++d) ub[d] = wl[d] * xb[d];
+    for (int64_t k = 0; k < S; ++k) {
+      const T *wk = cw + k * C, *sk = sb + k * C;
+#pragma omp simd
+      for (int64_t d = 0; d < C; ++d) ub[d] += wk[d] * sk[d];
     }
+    if (S > 0) {
+      std::memmove(sb, sb + C, (S - 1) * C * sizeof(T));
+      std::memcpy(sb + (S - 1) * C, xb, C * sizeof(T));
+    }
+    if (cb) {
+#pragma omp simd
+      for (int64_t d = 0; d < C; ++d) ub[d] += cb[d];
+    }
+#pragma omp simd
+    for (int64_t d = 0; d < C; ++d) ub[d] = hjseq::silu_(ub[d]);
   }
 }
 
@@ -325,10 +431,12 @@ void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Ten
   T* hs = ssm.data_ptr<T>();
   const T *A = ptr<T>(L.A), *Dv = ptr<T>(L.D);
   const bool zoh = L.zoh;
+#pragma omp simd
+  for (int64_t j = 0; j < B * Di; ++j) y[j] = softplus_v(y[j]);  // Δ
   pfor(B * Di, std::max<int64_t>(1, 32768 / N), [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       const int64_t b = j / Di, d = j % Di;
-      const T delta = hjseq::softplus_(y[j]);
+      const T delta = y[j];
       const T uv = u[j];
       const T* Bv = xdbl + b * ldx + R;
       const T* Cv = Bv + N;
@@ -351,10 +459,15 @@ void mamba_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Ten
           acc += hv * Cv[n];
         }
       }
-      acc += Dv[d] * uv;
-      y[j] = acc * hjseq::silu_(xz[b * 2 * Di + Di + d]);
+      y[j] = acc + Dv[d] * uv;
     }
   });
+  for (int64_t b = 0; b < B; ++b) {  // the gate, vectorised
+    T* yb = y + b * Di;
+    const T* zb = xz + b * 2 * Di + Di;
+#pragma omp simd
+    for (int64_t d = 0; d < Di; ++d) yb[d] *= hjseq::silu_(zb[d]);
+  }
   linear<T>(L.out_proj, y, B, Di, x, dm, true);
 }
 
@@ -379,7 +492,7 @@ void mamba2_step(const Layer& L, T* x, const T* h, int64_t B, int64_t dm, at::Te
   const T *dtb = ptr<T>(L.dt_bias), *A = ptr<T>(L.A), *Dv = ptr<T>(L.D);
   const T lo = static_cast<T>(L.dt_lo), hi = static_cast<T>(L.dt_hi);
   for (int64_t j = 0; j < B * H; ++j) {
-    const T v = hjseq::softplus_(zx[(j / H) * Z + 2 * M + Ds + Cd + j % H] + dtb[j % H]);
+    const T v = softplus_v(zx[(j / H) * Z + 2 * M + Ds + Cd + j % H] + dtb[j % H]);
     delta[j] = std::min(std::max(v, lo), hi);
   }
   T* hs = ssm.data_ptr<T>();
@@ -525,10 +638,11 @@ class Model {
         L.D = get(t, "D").to(T_).contiguous();
         L.d_inner = L.A.size(0);
         L.d_state = L.A.size(1);
-        L.d_conv = L.conv_w.size(1);
+        L.d_conv = L.conv_w.size(0);
         L.dt_rank = L.dt_proj.in;
         L.zoh = num("zoh") != 0;
-        TORCH_CHECK(L.in_proj.out == 2 * L.d_inner && L.x_proj.out == L.dt_rank + 2 * L.d_state,
+        TORCH_CHECK(L.in_proj.out == 2 * L.d_inner && L.x_proj.out == L.dt_rank + 2 * L.d_state &&
+                        L.conv_w.size(1) == L.d_inner,
                     "decode_step: inconsistent mamba shapes in layer ", i);
       } else if (L.kind == kMamba2) {
         L.in_proj = make_lin(t, "in_proj", T_);
@@ -545,8 +659,8 @@ class Model {
         L.headdim = static_cast<int64_t>(num("headdim"));
         L.ngroups = static_cast<int64_t>(num("ngroups"));
         L.d_ssm = L.heads * L.headdim;
-        L.conv_dim = L.conv_w.size(0);
-        L.d_conv = L.conv_w.size(1);
+        L.conv_dim = L.conv_w.size(1);
+        L.d_conv = L.conv_w.size(0);
         L.d_state = (L.conv_dim - L.d_ssm) / (2 * L.ngroups);
         L.d_mlp = (L.in_proj.out - L.d_ssm - L.conv_dim - L.heads) / 2;
         L.zoh = num("zoh") != 0;

@@ -17,10 +17,11 @@ activations and states in float32 (float64 for a float64 model). Supported block
 :data:`FUSED_KINDS`; a model with other blocks (attention) raises :class:`NotFusable`.
 
 State: a :class:`DecodeState`, the flat list of per-block state tensors (Mamba: conv_state
-(B, d_inner, d_conv − 1), ssm_state (B, d_inner, d_state); Mamba-2: conv_state
-(B, d_ssm + 2·ngroups·d_state, d_conv − 1), ssm_state (B, heads, headdim, d_state), the
-layout of ``HJMamba2``; RNN/GRU: h (B, H); LSTM: h, c; LSE: none), updated in place by
-:meth:`FusedDecoder.step`. ``state_from_model`` and
+(B, d_conv − 1, d_inner), ssm_state (B, d_inner, d_state); Mamba-2: conv_state
+(B, d_conv − 1, d_ssm + 2·ngroups·d_state), ssm_state (B, heads, headdim, d_state); RNN/GRU:
+h (B, H); LSTM: h, c; LSE: none), updated in place by :meth:`FusedDecoder.step`. The conv
+states are the models' (B, channels, d_conv − 1) transposed, so that the step's conv runs
+along contiguous channels. ``state_from_model`` and
 ``state_to_model`` convert from and to ``HJLM`` states, so a prompt is prefilled with the
 model's own (parallel-scan) forward and continued by the fused step.
 """
@@ -72,6 +73,14 @@ class DecodeState:
     def cat(states: Sequence["DecodeState"]) -> "DecodeState":
         """Batch rows of several states, in order."""
         return DecodeState([torch.cat(parts, 0) for parts in zip(*(s.tensors for s in states))])
+
+
+def _conv(m: Any, T: torch.dtype) -> dict[str, Tensor]:
+    """A depthwise conv1d's weight transposed to (d_conv, channels), and its bias."""
+    out = {"conv_w": m.conv1d.weight.detach()[:, 0].t().to(T).contiguous()}
+    if m.conv1d.bias is not None:
+        out["conv_b"] = m.conv1d.bias.detach().to(T)
+    return out
 
 
 class FusedDecoder:
@@ -143,22 +152,18 @@ class FusedDecoder:
         if layer.kind == "mamba":
             for name in ("in_proj", "x_proj", "dt_proj", "out_proj"):
                 lin(name, getattr(m, name))
-            t["conv_w"] = m.conv1d.weight.detach()[:, 0].to(T)
-            if m.conv1d.bias is not None:
-                t["conv_b"] = m.conv1d.bias.detach().to(T)
+            t.update(_conv(m, T))
             t["A"] = -torch.exp(m.A_log.detach().to(T))
             t["D"] = m.D.detach().to(T)
             s["zoh"] = float(m.scheme == "zoh")
-            shapes = [(m.d_inner, m.d_conv - 1), (m.d_inner, m.d_state)]
+            shapes = [(m.d_conv - 1, m.d_inner), (m.d_inner, m.d_state)]
         elif layer.kind == "mamba2":
             if m.scheme not in ("euler_b", "zoh"):
                 raise NotFusable(f"FusedDecoder: mamba2 scheme={m.scheme!r} has no fused step "
                                  f"(fused: 'euler_b', 'zoh'); decode with HJLM.step instead")
             for name in ("in_proj", "out_proj"):
                 lin(name, getattr(m, name))
-            t["conv_w"] = m.conv1d.weight.detach()[:, 0].to(T)
-            if m.conv1d.bias is not None:
-                t["conv_b"] = m.conv1d.bias.detach().to(T)
+            t.update(_conv(m, T))
             if m.rmsnorm:
                 t["gnorm"] = m.norm.weight.detach().to(T)
                 s.update(norm_before_gate=float(m.norm.norm_before_gate),
@@ -171,7 +176,7 @@ class FusedDecoder:
             t["D"] = D if m.D_has_hdim else D.repeat_interleave(m.headdim)
             s.update(headdim=float(m.headdim), ngroups=float(m.ngroups),
                      zoh=float(m.scheme == "zoh"), dt_lo=m.dt_limit[0], dt_hi=m.dt_limit[1])
-            shapes = [(m.conv_dim, m.d_conv - 1), (m.nheads, m.headdim, m.d_state)]
+            shapes = [(m.d_conv - 1, m.conv_dim), (m.nheads, m.headdim, m.d_state)]
         elif layer.kind in ("rnn", "gru", "lstm"):
             c = m.cell
             t.update(pack_linear("w_ih", c.weight_ih, c.bias_ih, weights, T))
@@ -201,7 +206,9 @@ class FusedDecoder:
             parts = (st,) if isinstance(st, Tensor) else st
             if st is None:
                 parts = [None] * len(shapes)
-            for shape, part in zip(shapes, parts):
+            for i, (shape, part) in enumerate(zip(shapes, parts)):
+                if part is not None and i == 0 and kind in ("mamba", "mamba2"):
+                    part = part.transpose(1, 2)  # conv_state (B, C, W − 1) -> (B, W − 1, C)
                 out.append(torch.zeros(batch, *shape, dtype=self.dtype) if part is None
                            else part.detach().to(self.dtype).contiguous().clone())
         return DecodeState(out)
@@ -216,7 +223,8 @@ class FusedDecoder:
             if kind == "lse":
                 res.append(None)
             elif kind in ("mamba", "mamba2"):
-                res.append((next(it).to(md), next(it).to(acc)))
+                conv = next(it).transpose(1, 2).to(md).contiguous()
+                res.append((conv, next(it).to(acc)))
             elif kind == "lstm":
                 res.append((next(it).to(md), next(it).to(md)))
             else:

@@ -10,8 +10,8 @@ from hjseq.models import HJLM
 from hjseq.models.decode import DecodeState, FusedDecoder, NotFusable, try_fused
 from hjseq.models.generate import (Request, filter_logits, generate, generate_batch,
                                    sample_rows, stream)
-from hjseq.models.quantize import (dequantize_int8, fake_quantize, quantize_int8,
-                                   validation_bpb)
+from hjseq.models.quantize import (dequantize_int8, fake_quantize, pack_linear,
+                                   quantize_int8, round_weight, validation_bpb)
 
 # Mamba-2 options an HJLM config can set (d_model 12, so d_inner 24): groups; the MLP lanes
 # (d_ssm < d_inner), D per channel, norm before the gate, zoh, a short conv without bias,
@@ -102,6 +102,27 @@ def test_weight_formats_compute_the_rounded_model_exactly(fmt, batch, blocks):
         assert _rel(got, want) < 2e-6
     f32 = FusedDecoder(m, weights="float32")
     assert dec.weight_bytes < f32.weight_bytes * (0.6 if fmt == "bfloat16" else 0.45)
+
+
+@pytest.mark.parametrize("fmt,dtype,tol", [("float64", torch.float64, 1e-14),
+                                           ("float32", torch.float32, 1e-6),
+                                           ("bfloat16", torch.float32, 1e-6),
+                                           ("int8", torch.float32, 1e-6)])
+def test_projection_kernels_equal_the_rounded_matmul(fmt, dtype, tol):
+    """One projection on its own against x W̃ᵀ + b in float64 (W̃: the format's rounded
+    weights): few inputs and many outputs (stored transposed, 20 -> 300) and the row kernel
+    (100 -> 30), batch 1 and 5 (a tile of 4 batch rows and a remainder)."""
+    from hjseq.models.decode import _ext
+
+    g = torch.Generator().manual_seed(9)
+    for n_out, n_in in ((300, 20), (30, 100)):
+        w = torch.randn(n_out, n_in, generator=g, dtype=torch.float64).to(dtype)
+        bias = torch.randn(n_out, generator=g, dtype=torch.float64).to(dtype)
+        packed = pack_linear("p", w, bias, fmt, dtype)
+        for batch in (1, 5):
+            x = torch.randn(batch, n_in, generator=g, dtype=torch.float64).to(dtype)
+            want = x.double() @ round_weight(w, fmt).double().T + bias.double()
+            assert _rel(_ext().linear(packed, "p", x), want) < tol, (n_out, n_in, batch)
 
 
 def test_bf16_model_fused_is_nearer_float64_than_bf16_step():
