@@ -281,11 +281,27 @@ def test_bad_inputs_name_the_argument():
 
 # ---------------------------------------------------------------- the cpu backend's C++ kernel
 def test_cpu_backend_runs_the_fused_kernel():
-    """The cpu backend's graph is one autograd node (csrc/cpu/mamba3_siso.cpp around ssd.cpp),
-    not the torch ops of chunked.py."""
+    """The cpu backend's graph is one autograd node, the custom op around
+    csrc/cpu/mamba3_siso.cpp and ssd.cpp (not the torch ops of chunked.py)."""
     ins = _inputs(l=5)
     y = mamba3_siso(**ins, backend="cpu")
-    assert type(y.grad_fn).__name__ == "_Mamba3SisoCpuBackward"
+    assert "hjseq_mamba3_siso_cpu_fwd" in type(y.grad_fn).__name__
+
+
+@pytest.mark.no_nan_fill
+@pytest.mark.parametrize("varlen", [False, True])
+def test_cpu_torch_compile_fullgraph(varlen):
+    """The custom ops trace under torch.compile(fullgraph=True): outputs, final states and
+    gradients as the reference (float32), with input states, GQA and packed sequences."""
+    b, cu = (1, torch.tensor([0, 6, 13], dtype=torch.int32)) if varlen else (2, None)
+    ins = _inputs(b=b, l=13, nseq=2, hq=2, h=4, dtype=torch.float32)
+    f = torch.compile(lambda: mamba3_siso(**ins, chunk_size=4, return_final_states=True,
+                                          cu_seqlens=cu, backend="cpu"), fullgraph=True)
+    res = list(f())
+    got = res + grads_of(res, _leaves(ins))
+    want = _run("ref", ins, chunk=4, cu=cu)
+    for name, r, o in zip(_names(ins), want, got):
+        assert_close(r, o, 1e-4, f"compiled {name}")
 
 
 @pytest.mark.parametrize("D,Z", [(True, False), (False, True)])
