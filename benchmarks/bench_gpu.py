@@ -274,55 +274,21 @@ def _ptx_usage(ptx: str, arch: int) -> dict[str, int]:
 def _register_worker(arch: int) -> list[dict]:
     """In a process without TRITON_INTERPRET: compile each scan kernel as GPU calls launch
     it (wrappers called on CPU tensors, launches intercepted), report its ptxas usage."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
+    from hjseq.ops._triton_offline import install
 
-    types = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16",
-             torch.float16: "fp16", torch.int32: "i32", torch.int64: "i64"}
-    target = GPUTarget("cuda", arch, 32)
     rows: list[dict] = []
     label = [""]
 
-    class Compile:
-        def __init__(self, name: str, fn: JITFunction):
-            self.name, self.fn = name, fn
+    def record(kernel: str, opts: dict, compiled, error: Exception | None) -> None:
+        row = dict(kernel=kernel, config=label[0], **opts)
+        if error is None:
+            row.update(_ptx_usage(compiled.asm["ptx"], arch))
+        else:  # report and keep going
+            row["error"] = f"{type(error).__name__}: {error}"[-500:]
+        rows.append(row)
 
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-                values = dict(zip(self.fn.arg_names, args), **kwargs)
-                sig, consts = {}, {}
-                for i, (name, p) in enumerate(zip(self.fn.arg_names, self.fn.params)):
-                    v = values[name]
-                    if p.is_constexpr:
-                        sig[name], consts[(i,)] = "constexpr", v
-                    elif torch.is_tensor(v):
-                        sig[name] = "*" + types[v.dtype]
-                    else:
-                        sig[name] = "i32" if -2**31 <= int(v) < 2**31 else "i64"
-                row = dict(kernel=self.name, config=label[0], **opts)
-                try:
-                    ck = triton.compile(ASTSource(fn=self.fn, signature=sig, constexprs=consts),
-                                        target=target, options=opts)
-                    row.update(_ptx_usage(ck.asm["ptx"], arch))
-                except Exception as e:  # report and keep going
-                    row["error"] = f"{type(e).__name__}: {e}"[-500:]
-                rows.append(row)
-            return launch
-
-    cuda = torch.device("cuda")
+    install(("selective_scan", "linear_scan", "causal_conv1d"), arch, record)
     ss = importlib.import_module("hjseq.ops.selective_scan.triton")
-    ss._on_gpu = lambda t: True
-    for op in ("linear_scan", "causal_conv1d"):
-        mod = importlib.import_module(f"hjseq.ops.{op}.triton")
-        mod._config = (lambda cfg: lambda length, dim, device: cfg(length, dim, cuda))(mod._config)
-    for op in ("selective_scan", "linear_scan", "causal_conv1d"):
-        mod = importlib.import_module(f"hjseq.ops.{op}.triton")
-        for name, obj in list(vars(mod).items()):
-            if isinstance(obj, JITFunction) and name.endswith("_kernel"):
-                setattr(mod, name, Compile(f"{op}.{name}", obj))
 
     def leaf(*shape, dtype=torch.bfloat16):
         return torch.zeros(*shape, dtype=dtype).requires_grad_()

@@ -1,9 +1,10 @@
 """Compile every hjseq Triton kernel for a real GPU target (sm_80) without a GPU.
 
 Run as a script in a process WITHOUT TRITON_INTERPRET (so ``triton.jit`` builds real
-kernels), with the wrappers' CUDA launch configurations. Each kernel object in the backends is replaced by a shim that, when the Python
-wrapper launches it, compiles it through Triton's full pipeline (to a cubin, with Triton's
-bundled ptxas) for the argument types of that launch instead of running it. The wrappers
+kernels), with the wrappers' CUDA launch configurations: ``hjseq.ops._triton_offline``
+replaces each kernel by a shim that, when the Python wrapper launches it, compiles it
+through Triton's full pipeline (to a cubin, with Triton's bundled ptxas) for the argument
+types of that launch instead of running it. The wrappers
 are called with small CPU tensors (their values are never read), forward and backward, so
 the kernels are compiled with the exact signatures and constexprs real calls use. Prints a
 JSON list of {"kernel", "config", "ok", "error"}.
@@ -18,59 +19,17 @@ import sys
 assert not os.environ.get("TRITON_INTERPRET"), "run without TRITON_INTERPRET"
 
 import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
 
-TARGET = GPUTarget("cuda", int(sys.argv[1]) if len(sys.argv) > 1 else 80, 32)
-TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16",
-         torch.float16: "fp16", torch.int32: "i32", torch.int64: "i64"}
+from hjseq.ops._triton_offline import install  # noqa: E402
+
+ARCH = int(sys.argv[1]) if len(sys.argv) > 1 else 80
 RESULTS: list[dict] = []
 CONFIG = [""]
 
 
-class CompileOnLaunch:
-    def __init__(self, name: str, fn: JITFunction):
-        self.name, self.fn = name, fn
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-            values = dict(zip(self.fn.arg_names, args), **kwargs)
-            sig, consts = {}, {}
-            for i, (name, p) in enumerate(zip(self.fn.arg_names, self.fn.params)):
-                v = values[name]
-                if p.is_constexpr:
-                    sig[name], consts[(i,)] = "constexpr", v
-                elif torch.is_tensor(v):
-                    sig[name] = "*" + TYPES[v.dtype]
-                else:
-                    sig[name] = "i32" if -2**31 <= int(v) < 2**31 else "i64"
-            try:
-                triton.compile(ASTSource(fn=self.fn, signature=sig, constexprs=consts),
-                               target=TARGET, options=opts)
-                RESULTS.append(dict(kernel=self.name, config=CONFIG[0], ok=True, error=""))
-            except Exception as e:  # report every failure, keep compiling the others
-                RESULTS.append(dict(kernel=self.name, config=CONFIG[0], ok=False,
-                                    error=f"{type(e).__name__}: {e}"[-3000:]))
-        return launch
-
-
-def install() -> None:
-    """Shim every kernel, and make the wrappers pick their CUDA launch configurations
-    (tile sizes, warps) although the tensors are on the CPU."""
-    cuda = torch.device("cuda")
-    ss = importlib.import_module("hjseq.ops.selective_scan.triton")
-    ss._on_gpu = lambda t: True
-    for op in ("linear_scan", "causal_conv1d"):
-        mod = importlib.import_module(f"hjseq.ops.{op}.triton")
-        mod._config = (lambda cfg: lambda length, dim, device: cfg(length, dim, cuda))(mod._config)
-    for op in ("selective_scan", "linear_scan", "causal_conv1d", "selective_state_update"):
-        mod = importlib.import_module(f"hjseq.ops.{op}.triton")
-        for name, obj in list(vars(mod).items()):
-            if isinstance(obj, JITFunction) and name.endswith("_kernel"):
-                setattr(mod, name, CompileOnLaunch(f"{op}.{name}", obj))
+def record(kernel: str, opts: dict, compiled, error: Exception | None) -> None:
+    RESULTS.append(dict(kernel=kernel, config=CONFIG[0], ok=error is None,
+                        error="" if error is None else f"{type(error).__name__}: {error}"[-3000:]))
 
 
 def leaf(*shape, dtype=torch.bfloat16):
@@ -78,11 +37,13 @@ def leaf(*shape, dtype=torch.bfloat16):
 
 
 def main() -> None:
-    install()
+    install(("selective_scan", "linear_scan", "causal_conv1d", "selective_state_update", "ssd"),
+            ARCH, record)
     from hjseq.ops.causal_conv1d.triton import causal_conv1d_triton
     from hjseq.ops.linear_scan.triton import linear_scan_triton
     from hjseq.ops.selective_scan.triton import selective_scan_triton
     from hjseq.ops.selective_state_update.triton import selective_state_update_triton
+    from hjseq.ops.ssd.triton import ssd_scan_triton
     f32 = torch.float32
 
     # one launch configuration per op, with every optional feature switched on
@@ -119,6 +80,16 @@ def main() -> None:
                                   torch.zeros(2, 8, dtype=torch.bfloat16), torch.zeros(8, 4),
                                   torch.zeros(2, 2, 4), torch.zeros(2, 2, 4), torch.zeros(8),
                                   torch.zeros(2, 8), torch.zeros(8), True, "zoh")
+
+    # ssd_scan (Mamba-2, and Mamba-3's triton backend on top of it), whose wrapper runs every
+    # dtype in float32: x (b, l, h, p), log_decay (b, l, h), B/C (b, l, g, n), initial
+    # states (s, h, p, n). d_state 64 only: at 128 ptxas alone takes ~7 minutes on this
+    # 2-core machine for the backward kernel (it spills), too long for the suite.
+    CONFIG[0] = "d_state 64, groups, initial and final state, varlen"
+    y, fin = ssd_scan_triton(leaf(1, 100, 4, 64, dtype=f32), leaf(1, 100, 4, dtype=f32),
+                             leaf(1, 100, 2, 64, dtype=f32), leaf(1, 100, 2, 64, dtype=f32),
+                             leaf(2, 4, 64, 64, dtype=f32), torch.tensor([0, 30, 100]), True)
+    (y.sum() + fin.sum()).backward()
     print(json.dumps(RESULTS))
 
 

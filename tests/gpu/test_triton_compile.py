@@ -17,7 +17,8 @@ KERNELS = {"selective_scan._ssm_fwd_kernel", "selective_scan._ssm_bwd_kernel",
            "linear_scan._lin_fwd_kernel", "linear_scan._lin_bwd_kernel",
            "causal_conv1d._conv_fwd_kernel", "causal_conv1d._conv_final_kernel",
            "causal_conv1d._conv_bwd_kernel", "causal_conv1d._conv_dh0_kernel",
-           "selective_state_update._ssu_kernel"}
+           "selective_state_update._ssu_kernel", "ssd._local_state_kernel", "ssd._pass_kernel",
+           "ssd._output_kernel", "ssd._backward_kernel"}
 
 
 def test_all_triton_kernels_compile_for_sm80():
