@@ -1,4 +1,7 @@
 import os
+import shutil
+import sysconfig
+from pathlib import Path
 
 # Without a CUDA device, Triton kernels run under its CPU interpreter. @triton.jit reads
 # TRITON_INTERPRET when a kernel is decorated, so it must be set before any test module
@@ -25,3 +28,19 @@ except ImportError:  # pragma: no cover
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# A few standard-library files (~90 KB): a small, real byte corpus that loads in milliseconds.
+_CORPUS_FILES = ["textwrap.py", "json/__init__.py", "json/decoder.py", "json/encoder.py",
+                 "json/scanner.py", "json/tool.py", "colorsys.py", "bisect.py", "keyword.py"]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A directory holding copies of ``_CORPUS_FILES`` from this Python's standard library."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = tmp_path_factory.mktemp("corpus")
+    for rel in _CORPUS_FILES:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, out / rel)
+    return out

@@ -1,15 +1,9 @@
-import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
 from hjseq.models.config import load_config
-
-# A few standard-library files: a small, real byte corpus that loads in milliseconds.
-_FILES = ["textwrap.py", "json/__init__.py", "json/decoder.py", "json/encoder.py",
-          "json/scanner.py", "json/tool.py", "colorsys.py", "bisect.py", "keyword.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -20,16 +14,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out = tmp_path_factory.mktemp("corpus")
-    for rel in _FILES:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / rel, out / rel)
-    return out
 
 
 @pytest.fixture
