@@ -21,8 +21,11 @@
 // int8 with one float scale per output row (y_o = scale_o Σ_i q_oi x_i): decoding reads every
 // weight once per token, so fewer bytes per weight is the speed-up. A projection is a GEMV
 // per batch row: blocks of 4 output rows against tiles of 4 batch rows (16 accumulators;
-// bf16/int8 converted to float in the same loop), split over threads by output rows.
-// States are updated in place.
+// bf16/int8 converted to float in the same loop, or once per block into an L1 buffer when
+// the batch has several tiles), split over threads by output rows; batch 1 runs an AVX-512
+// loop that prefetches the next block (where compiled with AVX-512). Projections with few
+// inputs (dt_proj) are stored transposed and run along the outputs. States are updated in
+// place.
 #include "common.h"
 
 #include <pybind11/stl.h>
@@ -310,24 +313,6 @@ void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
     });
     return;
   }
-  // a large GEMM: torch's BLAS (MKL/oneDNN) does it best; small ones cost more in its
-  // threading than in arithmetic, so they stay on the kernel below
-  if (L.kind == kSame && B >= 8 && L.in * L.out >= (int64_t(1) << 20) && g_threads != 1) {
-    const auto opts = L.w.options();
-    const at::Tensor xt = at::from_blob(const_cast<T*>(x), {B, L.in}, {ldx, 1}, opts);
-    const at::Tensor r = at::mm(xt, L.w.t()).contiguous();
-    const T* rp = r.data_ptr<T>();
-    const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
-      T* yb = y + b * ldy;
-      const T* rb = rp + b * L.out;
-      for (int64_t o = 0; o < L.out; ++o) {
-        const T v = rb[o] + (bias ? bias[o] : T(0));
-        yb[o] = accumulate ? yb[o] + v : v;
-      }
-    }
-    return;
-  }
   const int64_t nblk = (L.out + kRows - 1) / kRows;
   // enough rows per task that one task does >= 256k multiply-adds: small layers stay on one
   // thread (a parallel region costs more than they do, and much more on a busy machine)
@@ -445,29 +430,32 @@ void conv_step(const Layer& L, const T* xin, int64_t ldin, T* st, int64_t B, int
                int64_t ldu) {
   const int64_t S = L.d_conv - 1;
   const T *cw = ptr<T>(L.conv_w), *cb = ptr<T>(L.conv_b);
-  for (int64_t b = 0; b < B; ++b) {
-    const T* xb = xin + b * ldin;
-    T* sb = st + b * S * C;
-    T* ub = u + b * ldu;
-    const T* wl = cw + S * C;
+  auto rows = [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const T* xb = xin + b * ldin;
+      T* sb = st + b * S * C;
+      T* ub = u + b * ldu;
+      const T* wl = cw + S * C;
 #pragma omp simd
-    for (int64_t d = 0; d < C; ++d) ub[d] = wl[d] * xb[d];
-    for (int64_t k = 0; k < S; ++k) {
-      const T *wk = cw + k * C, *sk = sb + k * C;
+      for (int64_t d = 0; d < C; ++d) ub[d] = wl[d] * xb[d];
+      for (int64_t k = 0; k < S; ++k) {
+        const T *wk = cw + k * C, *sk = sb + k * C;
 #pragma omp simd
-      for (int64_t d = 0; d < C; ++d) ub[d] += wk[d] * sk[d];
+        for (int64_t d = 0; d < C; ++d) ub[d] += wk[d] * sk[d];
+      }
+      if (S > 0) {
+        std::memmove(sb, sb + C, (S - 1) * C * sizeof(T));
+        std::memcpy(sb + (S - 1) * C, xb, C * sizeof(T));
+      }
+      if (cb) {
+#pragma omp simd
+        for (int64_t d = 0; d < C; ++d) ub[d] += cb[d];
+      }
+#pragma omp simd
+      for (int64_t d = 0; d < C; ++d) ub[d] = hjseq::silu_(ub[d]);
     }
-    if (S > 0) {
-      std::memmove(sb, sb + C, (S - 1) * C * sizeof(T));
-      std::memcpy(sb + (S - 1) * C, xb, C * sizeof(T));
-    }
-    if (cb) {
-#pragma omp simd
-      for (int64_t d = 0; d < C; ++d) ub[d] += cb[d];
-    }
-#pragma omp simd
-    for (int64_t d = 0; d < C; ++d) ub[d] = hjseq::silu_(ub[d]);
-  }
+  };
+  pfor(B, std::max<int64_t>(1, 65536 / (C * (S + 4))), rows);
 }
 
 template <typename T>

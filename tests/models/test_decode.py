@@ -46,7 +46,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("blocks", [BLOCKS, MAMBA2_BLOCKS], ids=["mixed", "mamba2"])
 @pytest.mark.parametrize("dtype,tol,batch", [(torch.float64, 1e-12, 3),
-                                             (torch.float64, 1e-12, 9),  # GEMM path (B >= 8)
+                                             (torch.float64, 1e-12, 9),  # 2 tiles of 4 + 1
                                              (torch.float32, 2e-6, 3)])
 def test_fused_step_equals_hjlm_step_and_forward(dtype, tol, batch, blocks):
     m = _model(dtype, blocks)
@@ -245,8 +245,8 @@ def test_generate_batch_per_request_settings():
 
 
 def test_parallel_and_gemm_paths_equal_hjlm_step():
-    """A model large enough that projections and Mamba-2's state rows split over threads
-    (threads=2) and the batch-9 in_projs (512 x 2048, 512 x 2128) go through torch's GEMM."""
+    """A model large enough that projections and the Mamba/Mamba-2 state rows
+    split over threads (threads=2), with Mamba's dt_proj (32 -> 1024) stored transposed."""
     m = _model(torch.float64, blocks=[{"kind": "mamba", "d_state": 4}, {"kind": "lstm"},
                                       {"kind": "mamba2", "d_state": 16, "ngroups": 2}], d=512)
     ids = torch.randint(0, 256, (9, 2), generator=torch.Generator().manual_seed(7))
