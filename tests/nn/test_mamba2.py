@@ -226,7 +226,12 @@ def test_bad_arguments_raise():
 
 @pytest.mark.skipif(not HAS_HF, reason="transformers not installed")
 @pytest.mark.parametrize("n_groups", [1, 2])
-def test_matches_transformers_mamba2_mixer(n_groups):
+def test_matches_transformers_mamba2_mixer(n_groups, monkeypatch):
+    # transformers binds mamba-ssm's CUDA kernels when its modeling module is imported and
+    # `import mamba_ssm` succeeds (as after another test imported it on stand-ins): import
+    # the module afresh with mamba_ssm blocked, so its torch path runs in any test order
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    monkeypatch.delitem(sys.modules, "transformers.models.mamba2.modeling_mamba2", raising=False)
     from transformers import Mamba2Config
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
