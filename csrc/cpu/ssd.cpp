@@ -230,7 +230,7 @@ struct Dims {
 // forward
 template <typename T>
 void forward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, const T* Bp,
-                    const T* Cp, const T* init, T* y, T* st, T* fin) {
+                    const T* Cp, const T* init, T* y, T* st, T* fin, T* cb) {
   const int64_t H = d.H, P = d.P, G = d.G, N = d.N, Q = d.Q, l = d.l;
   const int64_t nc = static_cast<int64_t>(plan.chunks.size());
   const int64_t nseq = static_cast<int64_t>(plan.seq_batch.size());
@@ -265,8 +265,8 @@ void forward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, co
       std::copy(carry.begin(), carry.end(), fin + job * N * P);
     }
   });
-  // (3) outputs, per (chunk, group): G = C B^T once, then per head
-  //     Y = (L o G) X + diag(ds) C S_in^T
+  // (3) outputs, per (chunk, group): G = C B^T once (written to cb[c, g] when the caller
+  //     keeps it for the backward), then per head Y = (L o G) X + diag(ds) C S_in^T
   at::parallel_for(0, nc * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> Bt(N * Q), Gm(Q * Q), Mm(Q * Q), ap(Q), ds(Q);
     std::vector<int64_t> lr(Q);
@@ -277,14 +277,14 @@ void forward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, co
       const T* Bc = Bp + (row0 * G + gg) * N;
       const T* Cc = Cp + (row0 * G + gg) * N;
       transpose(T_, N, Bc, G * N, Bt.data(), Q);
-      gemm<T>(T_, T_, N, Cc, G * N, 1, nullptr, Bt.data(), Q, Gm.data(), Q, nullptr, false,
-              kFull);
+      T* const Gc = cb ? cb + job * Q * Q : Gm.data();
+      gemm<T>(T_, T_, N, Cc, G * N, 1, nullptr, Bt.data(), Q, Gc, Q, nullptr, false, kFull);
       for (int64_t hh = gg * d.hpg(); hh < (gg + 1) * d.hpg(); ++hh) {
         decays(ld + row0 * H + hh, H, T_, ap.data(), lr.data(), ds.data());
         segment_matrix(T_, Q, ap.data(), lr.data(), Mm.data());
         for (int64_t t = 0; t < T_; ++t)
 #pragma omp simd
-          for (int64_t s = 0; s <= t; ++s) Mm[t * Q + s] *= Gm[t * Q + s];
+          for (int64_t s = 0; s <= t; ++s) Mm[t * Q + s] *= Gc[t * Q + s];
         T* yc = y + (row0 * H + hh) * P;
         gemm<T>(T_, P, T_, Mm.data(), Q, 1, nullptr, x + (row0 * H + hh) * P, H * P, yc, H * P,
                 nullptr, false, kLower);
@@ -299,8 +299,8 @@ void forward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, co
 // backward
 template <typename T>
 void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, const T* Bp,
-                     const T* Cp, const T* st, const T* dy, const T* dfin, T* dx, T* dld,
-                     T* dB, T* dC, T* dinit) {
+                     const T* Cp, const T* st, const T* cb, const T* dy, const T* dfin,
+                     T* dx, T* dld, T* dB, T* dC, T* dinit) {
   const int64_t H = d.H, P = d.P, G = d.G, N = d.N, Q = d.Q, l = d.l;
   const int64_t nc = static_cast<int64_t>(plan.chunks.size());
   const int64_t nseq = static_cast<int64_t>(plan.seq_batch.size());
@@ -337,9 +337,10 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
       std::copy(carry.begin(), carry.end(), dinit + job * N * P);
     }
   });
-  // (3) per (chunk, group): gradients of x, ld (per head) and B, C (summed over the group)
+  // (3) per (chunk, group): gradients of x, ld (per head) and B, C (summed over the group);
+  //     G = C B^T read from cb when the forward kept it, else recomputed
   at::parallel_for(0, nc * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> Bt(N * Q), Xt(P * Q), Gm(Q * Q), Lm(Q * Q), Mm(Q * Q), dM(Q * Q),
+    std::vector<T> Bl(Q * N), Cl(Q * N), dYl(Q * P), Bt(N * Q), Xt(P * Q), Gm(Q * Q), Lm(Q * Q), Mm(Q * Q), dM(Q * Q),
         dG(Q * Q), dBh(Q * N), dCh(Q * N), dBa(Q * N), dCa(Q * N), So(P * N), Si(P * N),
         ap(Q), ds(Q), de(Q), R(Q), v(Q), w(Q);
     std::vector<int64_t> lr(Q);
@@ -347,18 +348,30 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
       const int64_t c = job / G, gg = job % G;
       const Chunk& ch = plan.chunks[c];
       const int64_t row0 = ch.bi * l + ch.t0, T_ = ch.len;
-      const T* Bc = Bp + (row0 * G + gg) * N;
-      const T* Cc = Cp + (row0 * G + gg) * N;
-      transpose(T_, N, Bc, G * N, Bt.data(), Q);
-      gemm<T>(T_, T_, N, Cc, G * N, 1, nullptr, Bt.data(), Q, Gm.data(), Q, nullptr, false,
-              kFull);
+      // B, C and (per head) dY of the chunk copied to contiguous buffers first: in the
+      // inputs their rows are G*N (H*P) apart, and a gemm whose broadcast operand is the
+      // first to read them stalls on six cache misses per k (that cost more than the C B^T
+      // this phase skips when the forward kept it)
+      for (int64_t t = 0; t < T_; ++t) {
+        std::copy_n(Bp + ((row0 + t) * G + gg) * N, N, Bl.data() + t * N);
+        std::copy_n(Cp + ((row0 + t) * G + gg) * N, N, Cl.data() + t * N);
+      }
+      const T* Bc = Bl.data();
+      const T* Cc = Cl.data();
+      const T* Gc = cb ? cb + job * Q * Q : Gm.data();
+      if (!cb) {
+        transpose(T_, N, Bc, N, Bt.data(), Q);
+        gemm<T>(T_, T_, N, Cc, N, 1, nullptr, Bt.data(), Q, Gm.data(), Q, nullptr, false,
+                kFull);
+      }
       std::fill(dG.begin(), dG.end(), T(0));
       std::fill(dBa.begin(), dBa.end(), T(0));
       std::fill(dCa.begin(), dCa.end(), T(0));
       for (int64_t hh = gg * d.hpg(); hh < (gg + 1) * d.hpg(); ++hh) {
         const int64_t xo = (row0 * H + hh) * P;
         const T* xc = x + xo;
-        const T* dyc = dy + xo;
+        for (int64_t t = 0; t < T_; ++t) std::copy_n(dy + xo + t * H * P, P, dYl.data() + t * P);
+        const T* dyc = dYl.data();
         const T* SiT = st + (c * H + hh) * N * P;
         const T* SoT = dso + (c * H + hh) * N * P;
         const T dt = decays(ld + row0 * H + hh, H, T_, ap.data(), lr.data(), ds.data());
@@ -366,20 +379,20 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
         for (int64_t s = 0; s < T_; ++s) de[s] = Lm[(T_ - 1) * Q + s];
         for (int64_t t = 0; t < T_; ++t)
 #pragma omp simd
-          for (int64_t s = 0; s < T_; ++s) Mm[t * Q + s] = Lm[t * Q + s] * Gm[t * Q + s];
+          for (int64_t s = 0; s < T_; ++s) Mm[t * Q + s] = Lm[t * Q + s] * Gc[t * Q + s];
         transpose(T_, P, xc, H * P, Xt.data(), Q);
         transpose(N, P, SoT, P, So.data(), N);
         transpose(N, P, SiT, P, Si.data(), N);
         // dM = dY X^T; dX = M^T dY + diag(de) B dSo^T
-        gemm<T>(T_, T_, P, dyc, H * P, 1, nullptr, Xt.data(), Q, dM.data(), Q, nullptr, false,
+        gemm<T>(T_, T_, P, dyc, P, 1, nullptr, Xt.data(), Q, dM.data(), Q, nullptr, false,
                 kFull);
-        gemm<T>(T_, P, T_, Mm.data(), 1, Q, nullptr, dyc, H * P, dx + xo, H * P, nullptr, false,
+        gemm<T>(T_, P, T_, Mm.data(), 1, Q, nullptr, dyc, P, dx + xo, H * P, nullptr, false,
                 kUpper);
-        gemm<T>(T_, P, N, Bc, G * N, 1, nullptr, SoT, P, dx + xo, H * P, de.data(), true, kFull);
+        gemm<T>(T_, P, N, Bc, N, 1, nullptr, SoT, P, dx + xo, H * P, de.data(), true, kFull);
         // state-path parts of dB, dC: diag(de) X dSo and diag(ds) dY S_in
         gemm<T>(T_, N, P, xc, H * P, 1, nullptr, So.data(), N, dBh.data(), N, de.data(), false,
                 kFull);
-        gemm<T>(T_, N, P, dyc, H * P, 1, nullptr, Si.data(), N, dCh.data(), N, ds.data(), false,
+        gemm<T>(T_, N, P, dyc, P, 1, nullptr, Si.data(), N, dCh.data(), N, ds.data(), false,
                 kFull);
         // (the reductions are vectorised only when told they may be reassociated)
         T u0 = 0;
@@ -390,8 +403,8 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
           T sw = 0, sv = 0;
 #pragma omp simd reduction(+ : sw, sv)
           for (int64_t k = 0; k < N; ++k) {
-            sw += dBh[t * N + k] * Bc[t * G * N + k];
-            sv += dCh[t * N + k] * Cc[t * G * N + k];
+            sw += dBh[t * N + k] * Bc[t * N + k];
+            sv += dCh[t * N + k] * Cc[t * N + k];
             dBa[t * N + k] += dBh[t * N + k];
             dCa[t * N + k] += dCh[t * N + k];
           }
@@ -421,9 +434,9 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
         }
       }
       // intra parts of dB, dC through G = C B^T: dB = dG^T C, dC = dG B
-      gemm<T>(T_, N, T_, dG.data(), 1, Q, nullptr, Cc, G * N, dBa.data(), N, nullptr, true,
+      gemm<T>(T_, N, T_, dG.data(), 1, Q, nullptr, Cc, N, dBa.data(), N, nullptr, true,
               kUpper);
-      gemm<T>(T_, N, T_, dG.data(), Q, 1, nullptr, Bc, G * N, dCa.data(), N, nullptr, true,
+      gemm<T>(T_, N, T_, dG.data(), Q, 1, nullptr, Bc, N, dCa.data(), N, nullptr, true,
               kLower);
       for (int64_t t = 0; t < T_; ++t)
         for (int64_t k = 0; k < N; ++k) {
@@ -461,10 +474,12 @@ void check_inputs(const at::Tensor& x, const at::Tensor& ld, const at::Tensor& B
     __VA_ARGS__();                                    \
   }
 
-// Returns y (b, l, h, p), final states^T (nseq, h, n, p), chunk-entry states^T (nc, h, n, p).
-std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& ld, const at::Tensor& B,
-                                const at::Tensor& C, const c10::optional<at::Tensor>& init,
-                                const at::Tensor& cu, bool varlen, int64_t Q) {
+// Returns y (b, l, h, p), final states^T (nseq, h, n, p), chunk-entry states^T (nc, h, n, p)
+// and, with keep_cb, every chunk's C B^T (nc, g, Q, Q) for the backward (else an empty tensor).
+std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& ld,
+                                     const at::Tensor& B, const at::Tensor& C,
+                                     const c10::optional<at::Tensor>& init, const at::Tensor& cu,
+                                     bool varlen, int64_t Q, bool keep_cb) {
   check_inputs(x, ld, B, C, Q);
   const auto d0 = dims_of(x, B, Q);
   at::Tensor cu64 = cu.to(at::kLong).contiguous();
@@ -477,6 +492,8 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& ld, const
   TORCH_CHECK(nc <= nc_alloc, "ssd_scan: internal chunk count bound");
   at::Tensor st = at::empty({nc_alloc, d0.H, d0.N, d0.P}, x.options());
   at::Tensor fin = at::empty({nseq, d0.H, d0.N, d0.P}, x.options());
+  at::Tensor cb = keep_cb ? at::empty({nc_alloc, d0.G, Q, Q}, x.options())
+                          : at::empty({0}, x.options());
   at::Tensor init_c;
   if (init.has_value()) {
     init_c = init->to(x.scalar_type()).contiguous();
@@ -488,16 +505,35 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& ld, const
                              C.data_ptr<scalar_t>(),
                              init_c.defined() ? init_c.data_ptr<scalar_t>() : nullptr,
                              y.data_ptr<scalar_t>(), st.data_ptr<scalar_t>(),
-                             fin.data_ptr<scalar_t>());
+                             fin.data_ptr<scalar_t>(),
+                             keep_cb ? cb.data_ptr<scalar_t>() : nullptr);
   });
-  return {y, fin, st};
+  return {y, fin, st, cb};
 }
 
-// Returns dx, dld, dB, dC, dinit^T (nseq, h, n, p).
+// y, final states^T, chunk-entry states^T (inference, or a caller that recomputes C B^T)
+std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& ld, const at::Tensor& B,
+                                const at::Tensor& C, const c10::optional<at::Tensor>& init,
+                                const at::Tensor& cu, bool varlen, int64_t Q) {
+  auto out = forward_impl(x, ld, B, C, init, cu, varlen, Q, false);
+  out.pop_back();
+  return out;
+}
+
+// the same and every chunk's C B^T, for backward(..., cb)
+std::vector<at::Tensor> forward_keep_cb(const at::Tensor& x, const at::Tensor& ld,
+                                        const at::Tensor& B, const at::Tensor& C,
+                                        const c10::optional<at::Tensor>& init,
+                                        const at::Tensor& cu, bool varlen, int64_t Q) {
+  return forward_impl(x, ld, B, C, init, cu, varlen, Q, true);
+}
+
+// Returns dx, dld, dB, dC, dinit^T (nseq, h, n, p). cb: forward_keep_cb's C B^T, or None
+// (then recomputed).
 std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::Tensor>& dfin,
                                  const at::Tensor& x, const at::Tensor& ld, const at::Tensor& B,
                                  const at::Tensor& C, const at::Tensor& st, const at::Tensor& cu,
-                                 bool varlen, int64_t Q) {
+                                 bool varlen, int64_t Q, const c10::optional<at::Tensor>& cb) {
   check_inputs(x, ld, B, C, Q);
   hjseq::check_cpu_contig(dy, "dy");
   hjseq::check_cpu_contig(st, "states");
@@ -507,6 +543,14 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
   at::Tensor cu64 = cu.to(at::kLong).contiguous();
   const Plan plan = make_plan(d0.b, d0.l, cu64, varlen, Q);
   const int64_t nseq = static_cast<int64_t>(plan.seq_batch.size());
+  const int64_t nc = static_cast<int64_t>(plan.chunks.size());
+  if (cb.has_value()) {
+    hjseq::check_cpu_contig(*cb, "cb");
+    TORCH_CHECK(cb->scalar_type() == x.scalar_type() && cb->dim() == 4 &&
+                    cb->size(0) >= nc && cb->size(1) == d0.G && cb->size(2) == Q &&
+                    cb->size(3) == Q,
+                "ssd_scan backward: cb must be forward_keep_cb's (nc, g, Q, Q)");
+  }
   at::Tensor dfin_c;
   if (dfin.has_value()) dfin_c = dfin->to(x.scalar_type()).contiguous();
   at::Tensor dx = at::empty_like(x), dld = at::empty_like(ld), dB = at::empty_like(B),
@@ -516,6 +560,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
     backward_kernel<scalar_t>(d0, plan, x.data_ptr<scalar_t>(),
                               ld.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(),
                               C.data_ptr<scalar_t>(), st.data_ptr<scalar_t>(),
+                              cb.has_value() ? cb->data_ptr<scalar_t>() : nullptr,
                               dy.data_ptr<scalar_t>(),
                               dfin_c.defined() ? dfin_c.data_ptr<scalar_t>() : nullptr,
                               dx.data_ptr<scalar_t>(), dld.data_ptr<scalar_t>(),
@@ -529,5 +574,8 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "ssd_scan forward (CPU)");
-  m.def("backward", &backward, "ssd_scan backward (CPU)");
+  m.def("forward_keep_cb", &forward_keep_cb, "ssd_scan forward (CPU), keeping C B^T per chunk");
+  m.def("backward", &backward, "ssd_scan backward (CPU)", py::arg("dy"), py::arg("dfin"),
+        py::arg("x"), py::arg("ld"), py::arg("B"), py::arg("C"), py::arg("st"), py::arg("cu"),
+        py::arg("varlen"), py::arg("Q"), py::arg("cb") = py::none());
 }

@@ -325,6 +325,46 @@ def test_ssd_validation_names_the_argument(kwargs, match):
         ssd(**args)
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend unavailable")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_kept_cb_and_recomputed_cb_give_the_same_gradients(dtype):
+    """The backward reads the forward's C Bᵀ per chunk when it was kept, else recomputes it
+    (as Mamba-3's op does): both paths, through varlen, resets, partial chunks and groups
+    shared by 2 heads, must give the same numbers (the same products in the same order)."""
+    from hjseq.ops.ssd.cpu import ssd_scan_cpu
+
+    cu = torch.tensor([0, 7, 30, 50])
+    ins = _scan_inputs(1, 50, 4, 3, 2, 5, dtype, nseq=3, resets=[(12, 1), (40, 3)])
+    outs = []
+    for keep in (True, False):
+        y, f = ssd_scan_cpu(*ins, cu_seqlens=cu, return_final_states=True, chunk_size=16,
+                            keep_cb=keep)
+        outs.append([y, f, *grads_of([y, f], ins)])
+    for name, kept, recomputed in zip(NAMES, *outs):
+        assert torch.equal(kept, recomputed), name
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend unavailable")
+def test_cpu_keeps_cb_only_when_a_backward_will_run(monkeypatch):
+    from hjseq.ops.ssd import cpu as ssd_cpu
+
+    ext, calls = ssd_cpu._ext(), []
+    spy = types.SimpleNamespace(
+        forward=lambda *a: calls.append("forward") or ext.forward(*a),
+        forward_keep_cb=lambda *a: calls.append("keep_cb") or ext.forward_keep_cb(*a),
+        backward=ext.backward)
+    monkeypatch.setattr(ssd_cpu, "_ext", lambda: spy)
+    ins = _scan_inputs(1, 20, 2, 3, 1, 4, torch.float32)
+    with torch.no_grad():
+        ssd_scan(*ins, chunk_size=8, backend="cpu")
+    ssd_scan(*(t.detach() for t in ins), chunk_size=8, backend="cpu")
+    assert calls == ["forward", "forward"]  # inference: nothing kept
+    y = ssd_scan(*ins, chunk_size=8, backend="cpu")
+    assert calls[-1] == "keep_cb"
+    y.sum().backward()
+    assert all(t.grad is not None for t in ins)
+
+
 @pytest.mark.no_nan_fill
 def test_torch_compile_fullgraph_cpu():
     x, ld, B, C, S0 = _scan_inputs(2, 19, 2, 3, 1, 4, dtype=torch.float32)
