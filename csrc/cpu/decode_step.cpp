@@ -259,9 +259,24 @@ void linear_rows(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
   }
 }
 
-// Output chunks [lo, hi) of kColsChunk of a transposed (cols) projection: for each batch row,
-// acc[o] = Σ_i x[i] w[i, o] along contiguous outputs, in an L1 accumulator.
+// Output chunks [lo, hi) of kColsChunk of a transposed (cols) projection: acc[b][o] =
+// Σ_i x[b, i] w[i, o] along contiguous outputs. Full tiles of kColsTileB batch rows x
+// kColsTileO outputs stay in registers (each weight vector loaded once for 4 rows, each x
+// value broadcast: an outer-product step with no horizontal sums); the rest, one batch row
+// at a time, in an L1 accumulator.
 constexpr int64_t kColsChunk = 256;
+constexpr int64_t kColsTileB = 4;
+constexpr int64_t kColsTileO = 64;
+
+template <typename T, typename W>
+HJSEQ_INLINE void cols_store(const Lin& L, const T* acc, int64_t n, int64_t o0, const T* bias,
+                             const float* scale, T* yb, bool accumulate) {
+  for (int64_t o = 0; o < n; ++o) {
+    T v = scale ? acc[o] * static_cast<T>(scale[o0 + o]) : acc[o];
+    if (bias) v += bias[o0 + o];
+    yb[o] = accumulate ? yb[o] + v : v;
+  }
+}
 
 template <typename T, typename W>
 void linear_cols(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T* y,
@@ -269,23 +284,45 @@ void linear_cols(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
   const T* bias = L.bias.defined() ? L.bias.data_ptr<T>() : nullptr;
   const float* scale = L.kind == kInt8 ? L.scale.data_ptr<float>() : nullptr;
   T acc[kColsChunk];
+  const int64_t Bt = B - B % kColsTileB;  // rows covered by full register tiles
   for (int64_t c = lo; c < hi; ++c) {
     const int64_t o0 = c * kColsChunk, n = std::min(kColsChunk, L.out - o0);
-    for (int64_t b = 0; b < B; ++b) {
+    const int64_t nt = n - n % kColsTileO;  // outputs covered by full register tiles
+    for (int64_t b0 = 0; b0 < Bt; b0 += kColsTileB) {
+      const T *x0 = x + b0 * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+      for (int64_t t = 0; t < nt; t += kColsTileO) {
+        T a0[kColsTileO] = {}, a1[kColsTileO] = {}, a2[kColsTileO] = {}, a3[kColsTileO] = {};
+        for (int64_t i = 0; i < L.in; ++i) {
+          const W* wi = w + i * L.out + o0 + t;
+          const T v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
+#pragma omp simd
+          for (int64_t o = 0; o < kColsTileO; ++o) {
+            const T wv = wval<T>(wi[o]);
+            a0[o] += wv * v0;
+            a1[o] += wv * v1;
+            a2[o] += wv * v2;
+            a3[o] += wv * v3;
+          }
+        }
+        const T* tiles[kColsTileB] = {a0, a1, a2, a3};
+        for (int64_t r = 0; r < kColsTileB; ++r)
+          cols_store<T, W>(L, tiles[r], kColsTileO, o0 + t, bias, scale,
+                           y + (b0 + r) * ldy + o0 + t, accumulate);
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) {  // what the tiles left: rows past Bt, outputs past nt
+      const int64_t from = b < Bt ? nt : 0;
+      if (from == n) continue;
       const T* xb = x + b * ldx;
-      std::fill(acc, acc + n, T(0));
+      std::fill(acc, acc + n - from, T(0));
       for (int64_t i = 0; i < L.in; ++i) {
         const T xv = xb[i];
-        const W* wi = w + i * L.out + o0;
+        const W* wi = w + i * L.out + o0 + from;
 #pragma omp simd
-        for (int64_t o = 0; o < n; ++o) acc[o] += wval<T>(wi[o]) * xv;
+        for (int64_t o = 0; o < n - from; ++o) acc[o] += wval<T>(wi[o]) * xv;
       }
-      T* yb = y + b * ldy + o0;
-      for (int64_t o = 0; o < n; ++o) {
-        T v = scale ? acc[o] * static_cast<T>(scale[o0 + o]) : acc[o];
-        if (bias) v += bias[o0 + o];
-        yb[o] = accumulate ? yb[o] + v : v;
-      }
+      cols_store<T, W>(L, acc, n - from, o0 + from, bias, scale, y + b * ldy + o0 + from,
+                       accumulate);
     }
   }
 }
