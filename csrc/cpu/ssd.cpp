@@ -308,18 +308,27 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
   // adjoint of S_out^T per chunk (phase 1 writes every element: no zero fill needed)
   std::unique_ptr<T[]> dso_buf(new T[std::max<int64_t>(nc * H * N * P, 1)]);
   T* const dso = dso_buf.get();
-  // (1) local adjoints dS_in^T += C^T diag(ds) dY, per (chunk, head)
+  // (1) local adjoints dS_in^T += C^T diag(ds) dY, per (chunk, head). The chunk's C and
+  //     diag(ds) dY are copied to contiguous buffers first (as in phase 3: the gemm's
+  //     broadcast operand missed cache on input rows G*N apart), which also takes the
+  //     per-k scaling out of the gemm's inner loop.
   at::parallel_for(0, nc * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> ap(Q), ds(Q);
+    std::vector<T> ap(Q), ds(Q), Cl(Q * N), dYs(Q * P);
     std::vector<int64_t> lr(Q);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t c = job / H, hh = job % H, gg = hh / d.hpg();
       const Chunk& ch = plan.chunks[c];
       const int64_t row0 = ch.bi * l + ch.t0, T_ = ch.len;
       dtot[job] = decays(ld + row0 * H + hh, H, T_, ap.data(), lr.data(), ds.data());
-      gemm<T>(N, P, T_, Cp + (row0 * G + gg) * N, 1, G * N, ds.data(),
-              dy + (row0 * H + hh) * P, H * P, dso + job * N * P, P, nullptr, false,
-              kFull);
+      for (int64_t t = 0; t < T_; ++t) {
+        std::copy_n(Cp + ((row0 + t) * G + gg) * N, N, Cl.data() + t * N);
+        const T* dyt = dy + ((row0 + t) * H + hh) * P;
+        const T dst = ds[t];
+#pragma omp simd
+        for (int64_t j = 0; j < P; ++j) dYs[t * P + j] = dst * dyt[j];
+      }
+      gemm<T>(N, P, T_, Cl.data(), 1, N, nullptr, dYs.data(), P, dso + job * N * P, P, nullptr,
+              false, kFull);
     }
   });
   // (2) adjoint states leaving each chunk, backwards per (sequence, head)
