@@ -2,7 +2,8 @@
 rate and against mamba-ssm's pure-torch chunked SSD (``ssd_minimal_discrete``).
 
 Shape: one Mamba-2 layer of d_model 768 (d_inner 1536 = 24 heads x headdim 64, d_state 128,
-one group), batch 1, L = 2048, float32, chunk 64 and 128.
+one group), batch 1, L = 2048, float32, chunk 64 and 128. ``--groups 24`` gives every head
+its own B, C (the shape Mamba-3's CPU op runs the scan at), where C Bᵀ is per head.
 
 In the same run it measures torch.mm's float32 rate at (L, n) @ (n, h·p) (the shape of
 the layer's projections, an upper bound for the small per-chunk matmuls the op does) and
@@ -11,7 +12,7 @@ algorithm needs (causal products at half size): per chunk of Q and head,
 forward Q²p (intra) + 4Qnp (state in, state out) and Q²n per group (C Bᵀ); backward
 2Q²p + 8Qnp per head and 3Q²n per group.
 
-    python benchmarks/bench_ssd.py [--quick] [--json PATH] [--threads N]
+    python benchmarks/bench_ssd.py [--quick] [--json PATH] [--threads N] [--groups G]
 """
 from __future__ import annotations
 
@@ -71,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH", help="write the records as JSON")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--groups", type=int, default=1,
+                    help="B/C groups (must divide the heads: 24, or 4 with --quick)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    b, l, h, p, g, n = (1, 256, 4, 64, 1, 64) if args.quick else (1, 2048, 24, 64, 1, 128)
+    b, l, h, p, n = (1, 256, 4, 64, 64) if args.quick else (1, 2048, 24, 64, 128)
+    g = args.groups
+    if h % g:
+        ap.error(f"--groups {g} does not divide the {h} heads")
     shape = f"b={b} l={l} h={h} p={p} g={g} n={n}"
     inputs = make_inputs(b, l, h, p, g, n)
     grad_inputs = make_inputs(b, l, h, p, g, n, requires_grad=True)
