@@ -12,8 +12,11 @@
 // parallel; (2) a short sequential pass per (sequence, head) turns them into the states
 // entering each chunk (kept for the backward); (3) every (chunk, group) computes Y, with
 // C B^T shared by the heads of the group. The backward mirrors it (adjoint states passed
-// backwards in phase 2). Segment sums restart at a -inf (reset), so L stays exact (no
-// -inf - -inf). Kernels run in float (double for double inputs); the Python wrapper casts.
+// backwards in phase 2). forward_keep_cb also returns every chunk's C B^T (nc, g, Q, Q),
+// which the backward then reads instead of recomputing (the autograd wrapper asks for it
+// only when a backward will run). Segment sums restart at a -inf (reset), so L stays exact
+// (no -inf - -inf). Kernels run in float (double for double inputs); the Python wrapper
+// casts.
 //
 // Layouts (contiguous): x, y (b, l, h, p); ld (b, l, h); B, C (b, l, g, n); states per
 // chunk and per sequence stored transposed, (.., h, n, p), so the matmuls stream rows.
@@ -323,9 +326,9 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
       for (int64_t t = 0; t < T_; ++t) {
         std::copy_n(Cp + ((row0 + t) * G + gg) * N, N, Cl.data() + t * N);
         const T* dyt = dy + ((row0 + t) * H + hh) * P;
-        const T dst = ds[t];
+        const T ds_t = ds[t];
 #pragma omp simd
-        for (int64_t j = 0; j < P; ++j) dYs[t * P + j] = dst * dyt[j];
+        for (int64_t j = 0; j < P; ++j) dYs[t * P + j] = ds_t * dyt[j];
       }
       gemm<T>(N, P, T_, Cl.data(), 1, N, nullptr, dYs.data(), P, dso + job * N * P, P, nullptr,
               false, kFull);
