@@ -288,6 +288,33 @@ def test_cpu_backend_runs_the_fused_kernel():
     assert "hjseq_mamba3_siso_cpu_fwd" in type(y.grad_fn).__name__
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend unavailable")
+def test_cpu_keeps_the_scan_matrices_only_for_training(monkeypatch):
+    """Inference runs ssd's plain forward; with a gradient wanted the forward keeps every
+    chunk's q̃ k̃ᵀ for ssd's backward, and the gradients equal the sequential reference's."""
+    import types
+
+    from hjseq.ops.mamba3_siso import cpu as m3_cpu
+
+    ext, calls = m3_cpu._ssd_ext(), []
+    spy = types.SimpleNamespace(
+        forward=lambda *a: calls.append("forward") or ext.forward(*a),
+        forward_keep_cb=lambda *a: calls.append("keep_cb") or ext.forward_keep_cb(*a),
+        backward=lambda *a: calls.append(f"backward cb={a[-1] is not None}") or ext.backward(*a))
+    monkeypatch.setattr(m3_cpu, "_ssd_ext", lambda: spy)
+    with torch.no_grad():
+        mamba3_siso(**_inputs(l=21), chunk_size=8, backend="cpu")
+    assert calls == ["forward"]
+    grads = []
+    for backend in ("cpu", "ref"):
+        ins = _inputs(l=21)
+        mamba3_siso(**ins, chunk_size=8, backend=backend).square().sum().backward()
+        grads.append([t.grad for t in _leaves(ins)])
+    assert calls[1:] == ["keep_cb", "backward cb=True"]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.no_nan_fill
 @pytest.mark.parametrize("varlen", [False, True])
 def test_cpu_torch_compile_fullgraph(varlen):

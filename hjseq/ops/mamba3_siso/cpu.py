@@ -53,27 +53,33 @@ _EMPTY = (0,)  # the shape of an absent optional result (custom ops return tenso
 def _fwd(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Trap: Tensor, Q_bias: Tensor,
          K_bias: Tensor, Angles: Tensor, D: Optional[Tensor], Z: Optional[Tensor],
          angle0: Optional[Tensor], S0: Optional[Tensor], k0: Optional[Tensor],
-         v0: Optional[Tensor], cu: Tensor, varlen: bool, chunk: int, keep_y: bool
+         v0: Optional[Tensor], cu: Tensor, varlen: bool, chunk: int, training: bool
          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                    Tensor, Tensor, Tensor]:
+                    Tensor, Tensor, Tensor, Tensor]:
     """Contiguous tensors of one float dtype (float32 or float64); D, Z and the four states
     may be None (the states all or none). Returns out (b, l, h, p), φ_T (s, h, a), S_T
     (s, h, p, n), k̃_T (s, h, n), then what the backward reads: q̃, k̃, x, ld, tok, φ, the
-    ssd chunk-entry states, and the pre-gate output (kept with keep_y, else empty)."""
+    ssd chunk-entry states, and, with ``training`` (else empty), the pre-gate output (when
+    Z is given) and every chunk's q̃ k̃ᵀ (nc, h, Q, Q), which the ssd backward would
+    otherwise recompute."""
     qt, kt, x, ld, tok, phi, init_t, phi_T, k_T = _ext().prep_forward(
         Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, angle0, S0, k0, v0, cu, varlen)
-    y, fin_t, st = _ssd_ext().forward(x, ld, kt, qt, init_t, cu, varlen, chunk)
-    # y becomes the pre-gate output, kept (for dZ) only when asked; else the gate is in place
-    keep_y = keep_y and Z is not None
+    if training:
+        y, fin_t, st, cb = _ssd_ext().forward_keep_cb(x, ld, kt, qt, init_t, cu, varlen, chunk)
+    else:
+        y, fin_t, st = _ssd_ext().forward(x, ld, kt, qt, init_t, cu, varlen, chunk)
+        cb = V.new_empty(_EMPTY)
+    # y becomes the pre-gate output, kept (for dZ) only when training; else the gate is in place
+    keep_y = training and Z is not None
     out = _ext().epilogue_forward(y, V, tok, Z, keep_y)
     ypre = y if keep_y else V.new_empty(_EMPTY)
     return (out, phi_T, fin_t.transpose(-1, -2).contiguous(), k_T, qt, kt, x, ld, tok, phi, st,
-            ypre)
+            ypre, cb)
 
 
 @_fwd.register_fake
 def _(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, angle0, S0, k0, v0, cu, varlen,
-      chunk, keep_y):
+      chunk, training):
     from ..ssd.cpu import _n_chunks_alloc
 
     b, L, _, n = Q.shape
@@ -84,7 +90,8 @@ def _(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, angle0, S0, k0, v0, 
             V.new_empty(s, h, n), V.new_empty(b, L, h, n), V.new_empty(b, L, h, n),
             torch.empty_like(V), V.new_empty(b, L, h), V.new_empty(4, b, L, h),
             torch.empty_like(Angles), V.new_empty(nc, h, n, p),
-            torch.empty_like(V) if keep_y and Z is not None else V.new_empty(_EMPTY))
+            torch.empty_like(V) if training and Z is not None else V.new_empty(_EMPTY),
+            V.new_empty(nc, h, chunk, chunk) if training else V.new_empty(_EMPTY))
 
 
 @torch.library.custom_op("hjseq::mamba3_siso_cpu_bwd", mutates_args=(), device_types="cpu")
@@ -93,13 +100,13 @@ def _bwd(dout: Tensor, dphi_T: Optional[Tensor], dS_T: Optional[Tensor],
          Q_bias: Tensor, K_bias: Tensor, Angles: Tensor, Z: Optional[Tensor],
          S0: Optional[Tensor], k0: Optional[Tensor], v0: Optional[Tensor], qt: Tensor,
          kt: Tensor, x: Tensor, ld: Tensor, tok: Tensor, phi: Tensor, st: Tensor, ypre: Tensor,
-         cu: Tensor, varlen: bool, chunk: int, has_D: bool) -> list[Tensor]:
+         cb: Tensor, cu: Tensor, varlen: bool, chunk: int, has_D: bool) -> list[Tensor]:
     """Gradients of Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, angle0, S0, k0, v0
     (empty where the argument is absent). dout contiguous in V's dtype; the others as given."""
     dfin_t = None if dS_T is None else dS_T.transpose(-1, -2).contiguous()
     dy, dZ, dcoef = _ext().epilogue_backward(dout, ypre if Z is not None else None, V, tok, Z)
     dx, dld, dkt, dqt, dinit_t = _ssd_ext().backward(dy, dfin_t, x, ld, kt, qt, st, cu,
-                                                     varlen, chunk)
+                                                     varlen, chunk, cb if cb.numel() else None)
     # dV is written over dy when dy is ours (with Z; without Z it is dout itself)
     dV = dy if Z is not None else torch.empty_like(V)
     (dQ, dK, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dang0, dS0, dk0,
@@ -113,7 +120,7 @@ def _bwd(dout: Tensor, dphi_T: Optional[Tensor], dS_T: Optional[Tensor],
 
 @_bwd.register_fake
 def _(dout, dphi_T, dS_T, dk_T, Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z, S0, k0, v0, qt,
-      kt, x, ld, tok, phi, st, ypre, cu, varlen, chunk, has_D):
+      kt, x, ld, tok, phi, st, ypre, cb, cu, varlen, chunk, has_D):
     h, a = V.shape[2], Angles.shape[-1]
     s = _n_seq(Q, cu, varlen)
     e = lambda: V.new_empty(_EMPTY)  # noqa: E731
@@ -128,7 +135,7 @@ def _(dout, dphi_T, dS_T, dk_T, Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z, S0
 
 def _setup(ctx, inputs, output) -> None:
     (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, angle0, S0, k0, v0, cu, varlen,
-     chunk, keep_y) = inputs
+     chunk, training) = inputs
     ctx.save_for_backward(Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z, S0, k0, v0, *output[4:],
                           cu)
     ctx.flags = (varlen, chunk, D is not None, Z is not None, S0 is not None)
@@ -137,12 +144,12 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout, dphi_T, dS_T, dk_T, *_unused):
     (Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z, S0, k0, v0, qt, kt, x, ld, tok, phi, st,
-     ypre, cu) = ctx.saved_tensors
+     ypre, cb, cu) = ctx.saved_tensors
     varlen, chunk, has_D, has_Z, has_states = ctx.flags
     c = lambda g: None if g is None else g.to(V.dtype).contiguous()  # noqa: E731
     dout = torch.zeros_like(V) if dout is None else c(dout)
     g = _bwd(dout, c(dphi_T), c(dS_T), c(dk_T), Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z,
-             S0, k0, v0, qt, kt, x, ld, tok, phi, st, ypre, cu, varlen, chunk, has_D)
+             S0, k0, v0, qt, kt, x, ld, tok, phi, st, ypre, cb, cu, varlen, chunk, has_D)
     opt = lambda t, present: t if present else None  # noqa: E731
     return (*g[:9], opt(g[9], has_D), opt(g[10], has_Z),
             *(opt(t, has_states) for t in g[11:15]), None, None, None, None)
@@ -165,9 +172,10 @@ def mamba3_siso_cpu(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Tr
           else torch.tensor([0, Q.shape[1]], dtype=torch.int64))
     states = (None,) * 4 if Input_States is None else tuple(Input_States)
     args = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, *states)
-    # the pre-gate output is kept for dZ only when a gradient can be asked for
-    keep_y = torch.is_grad_enabled() and any(X is not None and X.requires_grad for X in args)
-    out, phi_T, S_T, k_T, *_ = _fwd(*(c(X) for X in args), cu, varlen, int(chunk_size), keep_y)
+    # what only the backward reads is kept only when a gradient can be asked for
+    training = torch.is_grad_enabled() and any(X is not None and X.requires_grad for X in args)
+    out, phi_T, S_T, k_T, *_ = _fwd(*(c(X) for X in args), cu, varlen, int(chunk_size),
+                                    training)
     y = out.to(V.dtype)
     if not return_final_states:
         return y
