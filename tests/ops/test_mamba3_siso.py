@@ -315,6 +315,23 @@ def test_cpu_keeps_the_scan_matrices_only_for_training(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend unavailable")
+def test_cpu_gradients_outlive_the_next_backward():
+    """The ssd backward's dx, dk̃, dq̃ live in a per-thread workspace that the next backward
+    overwrites: the gradients the op returns must not alias it."""
+    first = _inputs(l=21, seed=1)
+    mamba3_siso(**first, chunk_size=8, backend="cpu").square().sum().backward()
+    got = [t.grad.clone() for t in _leaves(first)]
+    second = _inputs(l=21, seed=2)
+    mamba3_siso(**second, chunk_size=8, backend="cpu").square().sum().backward()
+    for before, t in zip(got, _leaves(first)):
+        assert torch.equal(before, t.grad)
+    ref = _inputs(l=21, seed=1)
+    mamba3_siso(**ref, chunk_size=8, backend="ref").square().sum().backward()
+    for g, t in zip(got, _leaves(ref)):
+        torch.testing.assert_close(g, t.grad, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.no_nan_fill
 @pytest.mark.parametrize("varlen", [False, True])
 def test_cpu_torch_compile_fullgraph(varlen):

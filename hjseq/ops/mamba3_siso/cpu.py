@@ -105,8 +105,10 @@ def _bwd(dout: Tensor, dphi_T: Optional[Tensor], dS_T: Optional[Tensor],
     (empty where the argument is absent). dout contiguous in V's dtype; the others as given."""
     dfin_t = None if dS_T is None else dS_T.transpose(-1, -2).contiguous()
     dy, dZ, dcoef = _ext().epilogue_backward(dout, ypre if Z is not None else None, V, tok, Z)
+    # dx, dk̃, dq̃ in ssd's per-thread workspace: prep_backward consumes them right here
     dx, dld, dkt, dqt, dinit_t = _ssd_ext().backward(dy, dfin_t, x, ld, kt, qt, st, cu,
-                                                     varlen, chunk, cb if cb.numel() else None)
+                                                     varlen, chunk, cb if cb.numel() else None,
+                                                     True)
     # dV is written over dy when dy is ours (with Z; without Z it is dout itself)
     dV = dy if Z is not None else torch.empty_like(V)
     (dQ, dK, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dang0, dS0, dk0,
