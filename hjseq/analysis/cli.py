@@ -7,9 +7,10 @@ On a checkpoint (a ``hjseq train`` output directory, its ``model/`` directory or
 ``checkpoint.pt``, as ``hjseq generate`` loads them) it reads windows of real validation
 text (the run's own validation split; ``--data`` for other text, ``--text`` for one prompt),
 encoded with the checkpoint's own tokenizer (bytes, a trained BPE, or an imported model's
-``tokenizer.json``; bpb counts the bytes each token stands for), and reports: for recurrent blocks
-(Mamba, RNN, GRU, LSTM) the step Δ per layer, the decay spectrum, the deviation from the
-characteristic ODE and the effect of ε noise on validation bpb (:mod:`hjseq.analysis.recurrent`);
+``tokenizer.json``; bpb counts the bytes each token stands for), and reports: for
+recurrent blocks (Mamba, RNN, GRU, LSTM) the step Δ per layer, the decay spectrum, the
+deviation from the characteristic ODE and the effect of ε noise on validation bpb
+(:mod:`hjseq.analysis.recurrent`);
 per-head attention entropies; per-LSE-unit attribution entropies and the curvature bound;
 the viscosity of every block; and the tropical (ε → 0) model's deviation from the original.
 Writes ``analysis.json`` and one figure per block kind into ``--out`` (default:
@@ -87,14 +88,13 @@ def main(args: argparse.Namespace) -> int:
     model.eval()
     run_dir = src.parent if src.is_file() or src.name == "model" else src
     out = Path(args.out) if args.out else run_dir / "analysis"
-    ids, source = analysis_ids(model, tok, src, args)
+    ids, source = analysis_ids(tok, src, args)
     result = analyze_model(model, ids[:, :-1])
     result["input"] = source
     result["tokenizer"] = tok.name
-    byte_lengths = None if tok.name == "bytes" else tok.byte_lengths
     result["recurrent"] = recurrent.analyze_recurrent(model, ids[:, :-1], ids,
                                                       ode_tokens=args.ode_tokens, seed=args.seed,
-                                                      byte_lengths=byte_lengths)
+                                                      byte_lengths=tok.byte_lengths)
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=1))
     print(summary_text(result))
@@ -118,8 +118,7 @@ def _run_train_config(src: Path) -> dict:
     return {}
 
 
-def analysis_ids(model: nn.Module, tok: "Tokenizer", src: Path,
-                 args: argparse.Namespace) -> tuple[Tensor, str]:
+def analysis_ids(tok: "Tokenizer", src: Path, args: argparse.Namespace) -> tuple[Tensor, str]:
     """Token ids ``(B, L+1)`` to analyze (the last column is the next-token target of the
     noise sweep) and a description of where they come from: ``--text``, else ``--batch``
     evenly spaced windows of ``--seq-len + 1`` tokens of the validation split of ``--data``
@@ -143,7 +142,7 @@ def analysis_ids(model: nn.Module, tok: "Tokenizer", src: Path,
                         "--seq-len or more --data")
     offsets = D.val_offsets(val, args.batch, args.seq_len)
     x, y = D.windows(val, offsets, args.seq_len)
-    return (torch.cat([x, y[:, -1:]], 1).long(),
+    return (torch.cat([x, y[:, -1:]], 1),
             f"{args.batch} windows of {args.seq_len} {unit} of the validation split of "
             f"{corpus.name}")
 

@@ -3,8 +3,9 @@ state), the call of mamba-ssm's ``mamba3_siso_combined``; ``ref.py`` is the defi
 
 Backends: ``ref`` (the sequential loop); ``cpu`` (fused C++ passes for the angles, rotation,
 biases and gate around Mamba-2's chunked ``ssd_scan`` C++ kernel; cpu.py); ``triton`` (torch
-preprocessing around ``ssd_scan``'s Triton kernels); both reduce to one SSD scan as chunked.py
-explains; ``mamba`` (mamba-ssm's own kernels, CUDA). ``mamba3_siso_step`` is one decoding step (O(1) per token).
+preprocessing around ``ssd_scan``'s Triton kernels); both reduce to one SSD scan as
+chunked.py explains; ``mamba`` (mamba-ssm's own kernels, CUDA). ``mamba3_siso_step`` is one
+decoding step (O(1) per token).
 """
 from __future__ import annotations
 

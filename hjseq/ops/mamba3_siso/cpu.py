@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._autograd import backward_can_follow
 from .._build import DEFAULT_CFLAGS, load_extension
 from .._dtypes import accumulation_dtype
 
@@ -175,7 +176,7 @@ def mamba3_siso_cpu(Q: Tensor, K: Tensor, V: Tensor, ADT: Tensor, DT: Tensor, Tr
     states = (None,) * 4 if Input_States is None else tuple(Input_States)
     args = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, *states)
     # what only the backward reads is kept only when a gradient can be asked for
-    training = torch.is_grad_enabled() and any(X is not None and X.requires_grad for X in args)
+    training = backward_can_follow(*args)
     out, phi_T, S_T, k_T, *_ = _fwd(*(c(X) for X in args), cu, varlen, int(chunk_size),
                                     training)
     y = out.to(V.dtype)

@@ -10,6 +10,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .._autograd import backward_can_follow
 from .._build import load_extension
 from .ref import CELLS
 from hjseq.ops._dtypes import accumulation_dtype
@@ -99,9 +100,7 @@ def recurrent_scan_cpu(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tenso
     if cell == "lstm" and c0 is None:
         c0 = x.new_zeros(Bsz, H, dtype=acc)
     # the per-step gates are stored only when a backward can follow
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, noise))
+    save = backward_can_follow(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, noise)
     out, hT, cT, _, _ = _fwd(up(x), up(weight_ih), up(weight_hh), up(bias_ih), up(bias_hh), h0,
                              up(c0) if cell == "lstm" else None, up(noise), _CELL_CODE[cell],
                              float(dt), save)

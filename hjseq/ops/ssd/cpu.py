@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._autograd import backward_can_follow
 from .._build import DEFAULT_CFLAGS, load_extension
 from .._dtypes import accumulation_dtype
 
@@ -114,8 +115,7 @@ def ssd_scan_cpu(x: Tensor, log_decay: Tensor, B: Tensor, C: Tensor,
     init_t = (None if initial_states is None
               else initial_states.to(acc).transpose(-1, -2).contiguous())
     if keep_cb is None:
-        keep_cb = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, log_decay, B, C, initial_states))
+        keep_cb = backward_can_follow(x, log_decay, B, C, initial_states)
     y, fin_t = _fwd(x.to(acc).contiguous(), log_decay.to(acc).contiguous(),
                     B.to(acc).contiguous(), C.to(acc).contiguous(), init_t, cu, varlen,
                     int(chunk_size), bool(keep_cb))[:2]
