@@ -268,9 +268,9 @@ constexpr int64_t kColsChunk = 256;
 constexpr int64_t kColsTileB = 4;
 constexpr int64_t kColsTileO = 64;
 
-template <typename T, typename W>
-HJSEQ_INLINE void cols_store(const Lin& L, const T* acc, int64_t n, int64_t o0, const T* bias,
-                             const float* scale, T* yb, bool accumulate) {
+template <typename T>
+HJSEQ_INLINE void cols_store(const T* acc, int64_t n, int64_t o0, const T* bias,
+                            const float* scale, T* yb, bool accumulate) {
   for (int64_t o = 0; o < n; ++o) {
     T v = scale ? acc[o] * static_cast<T>(scale[o0 + o]) : acc[o];
     if (bias) v += bias[o0 + o];
@@ -306,7 +306,7 @@ void linear_cols(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
         }
         const T* tiles[kColsTileB] = {a0, a1, a2, a3};
         for (int64_t r = 0; r < kColsTileB; ++r)
-          cols_store<T, W>(L, tiles[r], kColsTileO, o0 + t, bias, scale,
+          cols_store<T>(tiles[r], kColsTileO, o0 + t, bias, scale,
                            y + (b0 + r) * ldy + o0 + t, accumulate);
       }
     }
@@ -321,7 +321,7 @@ void linear_cols(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
 #pragma omp simd
         for (int64_t o = 0; o < n - from; ++o) acc[o] += wval<T>(wi[o]) * xv;
       }
-      cols_store<T, W>(L, acc, n - from, o0 + from, bias, scale, y + b * ldy + o0 + from,
+      cols_store<T>(acc, n - from, o0 + from, bias, scale, y + b * ldy + o0 + from,
                        accumulate);
     }
   }
@@ -331,22 +331,23 @@ void linear_cols(const Lin& L, const W* w, const T* x, int64_t B, int64_t ldx, T
 template <typename T>
 void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
             bool accumulate) {
+  // kernel(w) with the weights as their stored element type (bf16/int8 only for float)
+  const auto with_weights = [&](const auto& kernel) {
+    if (L.kind == kSame) {
+      kernel(L.w.data_ptr<T>());
+    } else if constexpr (std::is_same_v<T, float>) {
+      if (L.kind == kBF16) kernel(reinterpret_cast<const uint16_t*>(L.w.data_ptr()));
+      else kernel(static_cast<const int8_t*>(L.w.data_ptr<int8_t>()));
+    }
+  };
   if (L.cols) {
     const int64_t nch = (L.out + kColsChunk - 1) / kColsChunk;
     const int64_t grain =
         std::max<int64_t>(1, 262144 / (L.in * kColsChunk * std::max<int64_t>(B, 1)));
     pfor(nch, grain, [&](int64_t lo, int64_t hi) {
-      if (L.kind == kSame) {
-        linear_cols<T, T>(L, L.w.data_ptr<T>(), x, B, ldx, y, ldy, accumulate, lo, hi);
-      } else if constexpr (std::is_same_v<T, float>) {
-        if (L.kind == kBF16) {
-          linear_cols<T, uint16_t>(L, reinterpret_cast<const uint16_t*>(L.w.data_ptr()), x,
-                                   B, ldx, y, ldy, accumulate, lo, hi);
-        } else {
-          linear_cols<T, int8_t>(L, L.w.data_ptr<int8_t>(), x, B, ldx, y, ldy, accumulate,
-                                 lo, hi);
-        }
-      }
+      with_weights([&](const auto* w) {
+        linear_cols<T>(L, w, x, B, ldx, y, ldy, accumulate, lo, hi);
+      });
     });
     return;
   }
@@ -355,17 +356,9 @@ void linear(const Lin& L, const T* x, int64_t B, int64_t ldx, T* y, int64_t ldy,
   // thread (a parallel region costs more than they do, and much more on a busy machine)
   const int64_t grain = std::max<int64_t>(1, 262144 / (L.in * kRows * std::max<int64_t>(B, 1)));
   pfor(nblk, grain, [&](int64_t lo, int64_t hi) {
-    if (L.kind == kSame) {
-      linear_rows<T, T>(L, L.w.data_ptr<T>(), x, B, ldx, y, ldy, accumulate, lo, hi);
-    } else if constexpr (std::is_same_v<T, float>) {
-      if (L.kind == kBF16) {
-        linear_rows<T, uint16_t>(L, reinterpret_cast<const uint16_t*>(L.w.data_ptr()), x, B,
-                                 ldx, y, ldy, accumulate, lo, hi);
-      } else {
-        linear_rows<T, int8_t>(L, L.w.data_ptr<int8_t>(), x, B, ldx, y, ldy, accumulate, lo,
-                               hi);
-      }
-    }
+    with_weights([&](const auto* w) {
+      linear_rows<T>(L, w, x, B, ldx, y, ldy, accumulate, lo, hi);
+    });
   });
 }
 
