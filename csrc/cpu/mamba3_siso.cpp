@@ -25,6 +25,7 @@
 // (s, h, a), S_0 (s, h, p, n), k_0 (s, h, n), v_0 (s, h, p). Internal: q̃, k̃ (b, l, h, n);
 // x (b, l, h, p); ld (b, l, h); tok (4, b, l, h) = (coef, γ + δn, δn, qk); φ (b, l, h, a);
 // U_0^T and the ssd states (s, h, n, p) (ssd.cpp's transposed layout).
+#include "block_cache.h"
 #include "common.h"
 
 #include <algorithm>
@@ -580,11 +581,11 @@ std::vector<at::Tensor> prep_forward(
     check_dims(*v0, "v state", {s, d.h, d.p});
   }
   const auto o = Q.options();
-  at::Tensor qt = at::empty({d.b, d.l, d.h, d.n}, o), kt = at::empty({d.b, d.l, d.h, d.n}, o);
-  at::Tensor x = at::empty_like(V), ld = at::empty({d.b, d.l, d.h}, o);
-  at::Tensor tok = at::empty({4, d.b, d.l, d.h}, o), phi = at::empty_like(Angles);
-  at::Tensor init = states ? at::empty({s, d.h, d.n, d.p}, o) : at::Tensor();
-  at::Tensor phiT = at::empty({s, d.h, d.a}, o), kT = at::empty({s, d.h, d.n}, o);
+  at::Tensor qt = hjseq::cached_empty({d.b, d.l, d.h, d.n}, o), kt = hjseq::cached_empty({d.b, d.l, d.h, d.n}, o);
+  at::Tensor x = hjseq::cached_empty_like(V), ld = hjseq::cached_empty({d.b, d.l, d.h}, o);
+  at::Tensor tok = hjseq::cached_empty({4, d.b, d.l, d.h}, o), phi = hjseq::cached_empty_like(Angles);
+  at::Tensor init = states ? hjseq::cached_empty({s, d.h, d.n, d.p}, o) : at::Tensor();
+  at::Tensor phiT = hjseq::cached_empty({s, d.h, d.a}, o), kT = hjseq::cached_empty({s, d.h, d.n}, o);
   AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_prep_forward", [&] {
     using T = scalar_t;
     const FwdIn<T> in{Q.data_ptr<T>(),   K.data_ptr<T>(),    V.data_ptr<T>(),
@@ -616,7 +617,7 @@ at::Tensor epilogue_forward(const at::Tensor& y, const at::Tensor& V, const at::
   TORCH_CHECK(tok.numel() == 4 * rows, "mamba3_siso kernel: tok must be (4, b, l, h)");
   const bool z = Z.has_value() && Z->defined();
   if (z) TORCH_CHECK(Z->sizes() == y.sizes(), "mamba3_siso kernel: Z must be like V");
-  at::Tensor out = z && keep_y ? at::empty_like(y) : y;
+  at::Tensor out = z && keep_y ? hjseq::cached_empty_like(y) : y;
   AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_epilogue_forward", [&] {
     epilogue_forward_kernel<scalar_t>(rows, p, y.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
                                       tok.data_ptr<scalar_t>(), opt_ptr<scalar_t>(Z),
@@ -647,9 +648,9 @@ std::vector<at::Tensor> epilogue_backward(const at::Tensor& dout,
     TORCH_CHECK(Z->sizes() == V.sizes() && ypre->sizes() == V.sizes(),
                 "mamba3_siso kernel: Z and y must be like V");
   }
-  at::Tensor dy = z ? at::empty_like(V) : dout;
-  at::Tensor dZ = z ? at::empty_like(V) : at::Tensor();
-  at::Tensor dcoef = at::empty({V.size(0), V.size(1), V.size(2)}, V.options());
+  at::Tensor dy = z ? hjseq::cached_empty_like(V) : dout;
+  at::Tensor dZ = z ? hjseq::cached_empty_like(V) : at::Tensor();
+  at::Tensor dcoef = hjseq::cached_empty({V.size(0), V.size(1), V.size(2)}, V.options());
   AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_epilogue_backward", [&] {
     using T = scalar_t;
     epilogue_backward_kernel<T>(rows, p, dout.data_ptr<T>(),
@@ -702,14 +703,14 @@ std::vector<at::Tensor> prep_backward(
     check_dims(*S0, "ssm state", {s, d.h, d.p, d.n});
   }
   const auto o = Q.options();
-  at::Tensor dQ = at::empty_like(Q), dK = at::empty_like(K);
-  at::Tensor dADT = at::empty_like(DT), dDT = at::empty_like(DT), dTrap = at::empty_like(DT);
-  at::Tensor dQb = at::empty_like(Qb), dKb = at::empty_like(Kb), dAng = at::empty_like(Angles);
-  at::Tensor dD = has_D ? at::empty({d.h}, o) : at::Tensor();
-  at::Tensor dang0 = at::empty({s, d.h, d.a}, o);
-  at::Tensor dS0 = states ? at::empty({s, d.h, d.p, d.n}, o) : at::Tensor();
-  at::Tensor dk0 = states ? at::empty({s, d.h, d.n}, o) : at::Tensor();
-  at::Tensor dv0 = states ? at::empty({s, d.h, d.p}, o) : at::Tensor();
+  at::Tensor dQ = hjseq::cached_empty_like(Q), dK = hjseq::cached_empty_like(K);
+  at::Tensor dADT = hjseq::cached_empty_like(DT), dDT = hjseq::cached_empty_like(DT), dTrap = hjseq::cached_empty_like(DT);
+  at::Tensor dQb = hjseq::cached_empty_like(Qb), dKb = hjseq::cached_empty_like(Kb), dAng = hjseq::cached_empty_like(Angles);
+  at::Tensor dD = has_D ? hjseq::cached_empty({d.h}, o) : at::Tensor();
+  at::Tensor dang0 = hjseq::cached_empty({s, d.h, d.a}, o);
+  at::Tensor dS0 = states ? hjseq::cached_empty({s, d.h, d.p, d.n}, o) : at::Tensor();
+  at::Tensor dk0 = states ? hjseq::cached_empty({s, d.h, d.n}, o) : at::Tensor();
+  at::Tensor dv0 = states ? hjseq::cached_empty({s, d.h, d.p}, o) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(dt, "mamba3_siso_prep_backward", [&] {
     using T = scalar_t;
     const BwdIn<T> in{dx.data_ptr<T>(),     dld.data_ptr<T>(),  dkt.data_ptr<T>(),
@@ -739,4 +740,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("epilogue_forward", &epilogue_forward, "mamba3_siso: y + coef v, gate (CPU)");
   m.def("epilogue_backward", &epilogue_backward, "mamba3_siso: the epilogue's backward (CPU)");
   m.def("prep_backward", &prep_backward, "mamba3_siso: the scan inputs' backward (CPU)");
+  hjseq::def_block_cache(m);
 }

@@ -20,6 +20,7 @@
 //
 // Layouts (contiguous): x, y (b, l, h, p); ld (b, l, h); B, C (b, l, g, n); states per
 // chunk and per sequence stored transposed, (.., h, n, p), so the matmuls stream rows.
+#include "block_cache.h"
 #include "common.h"
 
 #include <algorithm>
@@ -300,20 +301,6 @@ void forward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, co
 }
 
 // ---------------------------------------------------------------------------------------
-// Per-thread workspaces, kept between calls. Buffers of tens of MB that are allocated afresh
-// on every call come from mmap and are returned on free, so every call pays their first-touch
-// page faults again (12-21k per backward at b1 L2048 h24 n128: up to ~30 ms). Slot 0 is the
-// backward's adjoint scratch; slots 1-3 hold dx, dB, dC when the caller asks for them in
-// the workspace (it must consume them before its thread calls the backward again).
-at::Tensor workspace(int slot, int64_t numel, at::ScalarType dtype) {
-  thread_local std::array<at::Tensor, 4> ws;
-  at::Tensor& t = ws[slot];
-  if (!t.defined() || t.scalar_type() != dtype || t.numel() < numel)
-    t = at::empty({numel}, at::TensorOptions().dtype(dtype));
-  return t.narrow(0, 0, numel);
-}
-
-// ---------------------------------------------------------------------------------------
 // backward
 template <typename T>
 void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, const T* Bp,
@@ -323,10 +310,10 @@ void backward_kernel(const Dims& d, const Plan& plan, const T* x, const T* ld, c
   const int64_t nc = static_cast<int64_t>(plan.chunks.size());
   const int64_t nseq = static_cast<int64_t>(plan.seq_batch.size());
   std::vector<T> dtot(nc * H);
-  // adjoint of S_out^T per chunk (phase 1 writes every element: no zero fill needed), in
-  // the calling thread's workspace
-  T* const dso = static_cast<T*>(workspace(0, std::max<int64_t>(nc * H * N * P, 1),
-                                           c10::CppTypeToScalarType<T>::value).data_ptr());
+  // adjoint of S_out^T per chunk (phase 1 writes every element: no zero fill needed)
+  const at::Tensor dso_t = hjseq::cached_empty(
+      {std::max<int64_t>(nc * H * N * P, 1)}, at::TensorOptions(c10::CppTypeToScalarType<T>::value));
+  T* const dso = dso_t.data_ptr<T>();
   // (1) local adjoints dS_in^T += C^T diag(ds) dY, per (chunk, head). The chunk's C and
   //     diag(ds) dY are copied to contiguous buffers first (as in phase 3: the gemm's
   //     broadcast operand missed cache on input rows G*N apart), which also takes the
@@ -517,13 +504,13 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& ld,
   const Plan plan = make_plan(d0.b, d0.l, cu64, varlen, Q);
   const int64_t nc = static_cast<int64_t>(plan.chunks.size());
   const int64_t nseq = static_cast<int64_t>(plan.seq_batch.size());
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = hjseq::cached_empty_like(x);
   // a shape-only bound on the chunk count (the fake kernel allocates the same)
   const int64_t nc_alloc = varlen ? (d0.l + nseq * (Q - 1)) / Q : d0.b * ((d0.l + Q - 1) / Q);
   TORCH_CHECK(nc <= nc_alloc, "ssd_scan: internal chunk count bound");
-  at::Tensor st = at::empty({nc_alloc, d0.H, d0.N, d0.P}, x.options());
-  at::Tensor fin = at::empty({nseq, d0.H, d0.N, d0.P}, x.options());
-  at::Tensor cb = keep_cb ? at::empty({nc_alloc, d0.G, Q, Q}, x.options())
+  at::Tensor st = hjseq::cached_empty({nc_alloc, d0.H, d0.N, d0.P}, x.options());
+  at::Tensor fin = hjseq::cached_empty({nseq, d0.H, d0.N, d0.P}, x.options());
+  at::Tensor cb = keep_cb ? hjseq::cached_empty({nc_alloc, d0.G, Q, Q}, x.options())
                           : at::empty({0}, x.options());
   at::Tensor init_c;
   if (init.has_value()) {
@@ -560,13 +547,11 @@ std::vector<at::Tensor> forward_keep_cb(const at::Tensor& x, const at::Tensor& l
 }
 
 // Returns dx, dld, dB, dC, dinit^T (nseq, h, n, p). cb: forward_keep_cb's C B^T, or None
-// (then recomputed). in_workspace: dx, dB, dC are views of this thread's workspace, valid
-// until its next backward (for callers that consume them at once, like mamba3_siso).
+// (then recomputed).
 std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::Tensor>& dfin,
                                  const at::Tensor& x, const at::Tensor& ld, const at::Tensor& B,
                                  const at::Tensor& C, const at::Tensor& st, const at::Tensor& cu,
-                                 bool varlen, int64_t Q, const c10::optional<at::Tensor>& cb,
-                                 bool in_workspace) {
+                                 bool varlen, int64_t Q, const c10::optional<at::Tensor>& cb) {
   check_inputs(x, ld, B, C, Q);
   hjseq::check_cpu_contig(dy, "dy");
   hjseq::check_cpu_contig(st, "states");
@@ -586,12 +571,10 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const c10::optional<at::T
   }
   at::Tensor dfin_c;
   if (dfin.has_value()) dfin_c = dfin->to(x.scalar_type()).contiguous();
-  const auto out = [&](int slot, const at::Tensor& like) {
-    return in_workspace ? workspace(slot, like.numel(), like.scalar_type()).view(like.sizes())
-                        : at::empty_like(like);
-  };
-  at::Tensor dx = out(1, x), dld = at::empty_like(ld), dB = out(2, B), dC = out(3, C);
-  at::Tensor dinit = at::empty({nseq, d0.H, d0.N, d0.P}, x.options());
+  using hjseq::cached_empty_like;
+  at::Tensor dx = cached_empty_like(x), dld = cached_empty_like(ld);
+  at::Tensor dB = cached_empty_like(B), dC = cached_empty_like(C);
+  at::Tensor dinit = hjseq::cached_empty({nseq, d0.H, d0.N, d0.P}, x.options());
   HJSEQ_SSD_DISPATCH(x.scalar_type(), [&] {
     backward_kernel<scalar_t>(d0, plan, x.data_ptr<scalar_t>(),
                               ld.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(),
@@ -613,6 +596,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_keep_cb", &forward_keep_cb, "ssd_scan forward (CPU), keeping C B^T per chunk");
   m.def("backward", &backward, "ssd_scan backward (CPU)", py::arg("dy"), py::arg("dfin"),
         py::arg("x"), py::arg("ld"), py::arg("B"), py::arg("C"), py::arg("st"), py::arg("cu"),
-        py::arg("varlen"), py::arg("Q"), py::arg("cb") = py::none(),
-        py::arg("in_workspace") = false);
+        py::arg("varlen"), py::arg("Q"), py::arg("cb") = py::none());
+  hjseq::def_block_cache(m);
 }

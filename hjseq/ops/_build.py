@@ -44,6 +44,23 @@ def build_seconds() -> float:
     return _BUILD_SECONDS[0]
 
 
+def cpu_cache_bytes() -> int:
+    """Bytes of freed CPU blocks that the loaded extensions keep for reuse (their
+    ``BlockCache``, ``csrc/cpu/block_cache.h``: at most ``$HJSEQ_CPU_CACHE_MB`` each, by
+    default 1/8 of physical memory up to 4 GiB; ``HJSEQ_CPU_CACHE_MB=0`` keeps none)."""
+    return sum(m.cached_bytes() for m in _CACHE.values() if hasattr(m, "cached_bytes"))
+
+
+def empty_cpu_cache() -> int:
+    """Give the loaded extensions' cached CPU blocks back to the OS; returns the bytes freed.
+    Blocks still in use by live tensors are not touched."""
+    freed = cpu_cache_bytes()
+    for m in _CACHE.values():
+        if hasattr(m, "release_cached"):
+            m.release_cached()
+    return freed
+
+
 def _say(text: str) -> None:
     sys.stderr.write(f"hjseq: {text}\n")
     sys.stderr.flush()

@@ -317,8 +317,8 @@ def test_cpu_keeps_the_scan_matrices_only_for_training(monkeypatch):
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="cpu backend unavailable")
 def test_cpu_gradients_outlive_the_next_backward():
-    """The ssd backward's dx, dk̃, dq̃ live in a per-thread workspace that the next backward
-    overwrites: the gradients the op returns must not alias it."""
+    """The kernels' large tensors come from a block cache that hands a block out again once
+    its tensor is freed: the gradients of one backward must survive the next."""
     first = _inputs(l=21, seed=1)
     mamba3_siso(**first, chunk_size=8, backend="cpu").square().sum().backward()
     got = [t.grad.clone() for t in _leaves(first)]

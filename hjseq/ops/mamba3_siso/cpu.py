@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._autograd import backward_can_follow
+from .._autograd import backward_can_follow, intermediates_for_backward
 from .._build import DEFAULT_CFLAGS, load_extension
 from .._dtypes import accumulation_dtype
 
@@ -106,10 +106,8 @@ def _bwd(dout: Tensor, dphi_T: Optional[Tensor], dS_T: Optional[Tensor],
     (empty where the argument is absent). dout contiguous in V's dtype; the others as given."""
     dfin_t = None if dS_T is None else dS_T.transpose(-1, -2).contiguous()
     dy, dZ, dcoef = _ext().epilogue_backward(dout, ypre if Z is not None else None, V, tok, Z)
-    # dx, dk̃, dq̃ in ssd's per-thread workspace: prep_backward consumes them right here
     dx, dld, dkt, dqt, dinit_t = _ssd_ext().backward(dy, dfin_t, x, ld, kt, qt, st, cu,
-                                                     varlen, chunk, cb if cb.numel() else None,
-                                                     True)
+                                                     varlen, chunk, cb if cb.numel() else None)
     # dV is written over dy when dy is ours (with Z; without Z it is dout itself)
     dV = dy if Z is not None else torch.empty_like(V)
     (dQ, dK, dADT, dDT, dTrap, dQb, dKb, dAng, dD, dang0, dS0, dk0,
@@ -142,7 +140,7 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(Q, K, V, DT, Trap, Q_bias, K_bias, Angles, Z, S0, k0, v0, *output[4:],
                           cu)
     ctx.flags = (varlen, chunk, D is not None, Z is not None, S0 is not None)
-    ctx.mark_non_differentiable(*output[4:])
+    intermediates_for_backward(ctx, *output[4:])
 
 
 def _backward(ctx, dout, dphi_T, dS_T, dk_T, *_unused):

@@ -10,7 +10,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .._autograd import backward_can_follow
+from .._autograd import backward_can_follow, intermediates_for_backward
 from .._build import load_extension
 from .ref import CELLS
 from hjseq.ops._dtypes import accumulation_dtype
@@ -67,14 +67,20 @@ def _setup(ctx, inputs, output) -> None:
     ctx.cell, ctx.dt = cell, dt
     ctx.has = (b_ih is not None, b_hh is not None, c0 is not None, noise is not None)
     ctx.save_for_backward(x, w_ih, w_hh, h0, c0, out, s1, s2)
+    intermediates_for_backward(ctx, s1, s2)
 
 
 def _backward(ctx, g_out, g_hT, g_cT, _g_s1, _g_s2):
     x, w_ih, w_hh, h0, c0, out, s1, s2 = ctx.saved_tensors
     has_b_ih, has_b_hh, has_c0, has_noise = ctx.has
+    lstm = ctx.cell == _CELL_CODE["lstm"]
+    # the kernel reads each output's gradient: zeros for an output the loss did not use
+    g_out = torch.zeros_like(out) if g_out is None else g_out
+    g_hT = torch.zeros_like(h0) if g_hT is None else g_hT
+    g_cT = None if not lstm else torch.zeros_like(h0) if g_cT is None else g_cT
     dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dnoise = _bwd(
         x, w_ih, w_hh, has_b_ih, has_b_hh, h0, c0, has_noise, ctx.cell, ctx.dt, out, s1, s2,
-        g_out, g_hT, g_cT if ctx.cell == _CELL_CODE["lstm"] else None)
+        g_out, g_hT, g_cT)
     return (dx, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None, dh0,
             dc0 if has_c0 else None, dnoise if has_noise else None, None, None, None)
 

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._autograd import intermediates_for_backward
 from .._build import DEFAULT_CFLAGS, load_extension
 from hjseq.ops._dtypes import accumulation_dtype
 
@@ -85,7 +86,7 @@ def _setup_context(ctx, inputs, output):
     u, delta, At, B, C, D, z, delta_bias, init_t, cu_seqlens, softplus, scheme, chunk = inputs
     ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, init_t, cu_seqlens, output[2])
     ctx.flags = (softplus, scheme, chunk)
-    ctx.mark_non_differentiable(output[2])
+    intermediates_for_backward(ctx, output[2])
 
 
 def _backward(ctx, gout, gfinal_t, _gckpt):

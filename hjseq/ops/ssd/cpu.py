@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._autograd import backward_can_follow
+from .._autograd import backward_can_follow, intermediates_for_backward
 from .._build import DEFAULT_CFLAGS, load_extension
 from .._dtypes import accumulation_dtype
 
@@ -83,7 +83,7 @@ def _setup(ctx, inputs, output) -> None:
     x, ld, B, C, init_t, cu, varlen, chunk, keep_cb = inputs
     ctx.save_for_backward(x, ld, B, C, output[2], output[3], cu)
     ctx.flags = (varlen, chunk, init_t is not None, keep_cb)
-    ctx.mark_non_differentiable(output[2], output[3])
+    intermediates_for_backward(ctx, output[2], output[3])
 
 
 def _backward(ctx, dy, dfin_t, _dst, _dcb):
