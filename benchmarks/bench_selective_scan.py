@@ -10,8 +10,9 @@ state update, so that is the bound a non-fused implementation cannot beat.
 Rows: forward (target >= 50x the peer), forward+backward (target <= 3x hjseq's forward),
 backward alone vs the peer's autograd backward at L=512 (the peer is timed ONCE there: it
 takes tens of seconds), and the backward's peak memory (RSS growth sampled every 0.5 ms
-in a fresh subprocess with glibc's mmap threshold fixed at 64 KiB, so every large buffer
-is freshly mapped; against the bytes of the forward's inputs and outputs).
+in a fresh subprocess with glibc's mmap threshold fixed at 64 KiB and hjseq's CPU block
+cache off, so every large buffer is freshly mapped; against the bytes of the forward's
+inputs and outputs).
 """
 from __future__ import annotations
 
@@ -194,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     # backward peak memory, fresh process
     # glibc would otherwise serve the backward's buffers from memory the warm-up freed (no
     # RSS growth): a fixed mmap threshold maps every large allocation fresh and unmaps it
-    # on free, so RSS growth is the live size of the backward's large allocations.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    # on free, so RSS growth is the live size of the backward's large allocations. hjseq's
+    # block cache would do the same as glibc: it is off there (HJSEQ_CPU_CACHE_MB=0).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
+           "HJSEQ_CPU_CACHE_MB": "0"}
     child = subprocess.run(
         [sys.executable, __file__, "--_peak_child", str(batch), str(dim), str(L), str(N), backend,
          *(["--threads", str(args.threads)] if args.threads else [])],
@@ -208,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(records))
     print(f"\nbackend that ran: {backend}; threads: {torch.get_num_threads()}; "
           f"memory: RSS growth during backward, sampled every 0.5 ms in a fresh process "
-          f"(MALLOC_MMAP_THRESHOLD_=65536)")
+          f"(MALLOC_MMAP_THRESHOLD_=65536, HJSEQ_CPU_CACHE_MB=0)")
     if args.json:
         dump_json(records, args.json, bench="selective_scan", quick=args.quick,
                   peak_memory_method="RSS growth during backward sampled every 0.5 ms "
                                      "(/proc/self/statm) in a fresh subprocess, "
-                                     "MALLOC_MMAP_THRESHOLD_=65536")
+                                     "MALLOC_MMAP_THRESHOLD_=65536, HJSEQ_CPU_CACHE_MB=0")
     return 0
 
 

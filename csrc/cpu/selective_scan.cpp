@@ -27,6 +27,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu/block_cache.h"
 #include "cpu/selective_scan_simd.h"
 
 namespace hjseq {
@@ -707,10 +708,10 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
   const int64_t nseq = Bsz * seg.nseq_per_row;
   check_layout(u, delta, z, At, Bm, Cm, Dv, bias, init, nseq);
   const auto acc = acc_type(u.scalar_type());
-  at::Tensor out = at::empty_like(u);
-  at::Tensor final_t = at::empty({nseq, N, D}, u.options().dtype(acc));
+  at::Tensor out = hjseq::cached_empty_like(u);
+  at::Tensor final_t = hjseq::cached_empty({nseq, N, D}, u.options().dtype(acc));
   const int64_t nchunks = (L + chunk - 1) / chunk;
-  at::Tensor ckpt = at::empty({Bsz, nchunks, N, D}, u.options().dtype(acc));
+  at::Tensor ckpt = hjseq::cached_empty({Bsz, nchunks, N, D}, u.options().dtype(acc));
   dispatch(u.scalar_type(), [&](auto in0, auto acc0) {
     using in_t = decltype(in0);
     using acc_t = decltype(acc0);
@@ -750,12 +751,13 @@ std::vector<at::Tensor> bwd(const at::Tensor& gout, const c10::optional<at::Tens
                     gfinal->scalar_type() == acc && gfinal->is_contiguous(),
                 "grad of the final state must be (nseq, N, D) contiguous in ", acc);
   }
-  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
-  at::Tensor dz = z ? at::empty_like(u) : at::empty({0}, u.options());
-  at::Tensor dAt = at::zeros({N, D}, fo), dB = at::zeros({Bsz, G, N, L}, fo),
-             dC = at::zeros({Bsz, G, N, L}, fo), dD = at::zeros({D}, fo),
-             dbias = at::zeros({D}, fo), dinit = at::zeros({nseq, N, D}, fo),
-             carry = at::zeros({Bsz, N, D}, fo);
+  using hjseq::cached_empty, hjseq::cached_empty_like;
+  at::Tensor du = cached_empty_like(u), ddelta = cached_empty_like(u);
+  at::Tensor dz = z ? cached_empty_like(u) : at::empty({0}, u.options());
+  const auto zeros = [&](at::IntArrayRef sizes) { return cached_empty(sizes, fo).zero_(); };
+  at::Tensor dAt = zeros({N, D}), dB = zeros({Bsz, G, N, L}), dC = zeros({Bsz, G, N, L}),
+             dD = zeros({D}), dbias = zeros({D}), dinit = zeros({nseq, N, D}),
+             carry = zeros({Bsz, N, D});
   dispatch(u.scalar_type(), [&](auto in0, auto acc0) {
     using in_t = decltype(in0);
     using acc_t = decltype(acc0);
@@ -783,4 +785,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd", &hjseq::bwd, "selective scan backward -> [du, ddelta, dA^T, dB, dC, dD, dz, "
         "ddelta_bias, dinit^T]");
   m.def("simd_width_bytes", []() { return HJ_VBYTES; });
+  hjseq::def_block_cache(m);
 }
