@@ -5,10 +5,10 @@
 // page faults on every call: about 1.7 us per 4 KiB page on a KVM guest, 10 ms for 24 MB,
 // a third of a mamba3_siso forward at b1 L2048 h24 n128. Tensors made by cached_empty() take
 // their storage from this cache: a block of at least kMinBytes returns here when its tensor is
-// freed and is handed out again for a request of the same rounded size. Freed blocks stay
-// cached up to a limit (env HJSEQ_CPU_CACHE_MB, read once; default 1/8 of physical memory, at
-// most 4 GiB; 0 turns caching off); beyond it they go back to the OS. Smaller requests go to
-// torch's CPU allocator. Each extension that includes this header has its own cache;
+// freed and is handed out again for a request it fits with at most an eighth to spare. Freed
+// blocks stay cached up to a limit (env HJSEQ_CPU_CACHE_MB, read once; default 1/8 of
+// physical memory, at most 4 GiB; 0 turns caching off); past it, the largest cached blocks go
+// back to the OS first. Smaller requests go to torch's CPU allocator. Each extension that includes this header has its own cache;
 // release_cached() empties it (hjseq.ops.empty_cpu_cache calls it on every loaded one).
 #pragma once
 
@@ -23,7 +23,9 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <iterator>
 #include <unordered_map>
+#include <vector>
 #include <unistd.h>
 
 namespace hjseq {
@@ -43,19 +45,22 @@ class BlockCache final : public c10::Allocator {
     if (n < kMinBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(n);
     const size_t bytes = (n + kRound - 1) / kRound * kRound;
     void* p = nullptr;
+    size_t block = bytes;
     {
       std::lock_guard<std::mutex> lock(m_);
-      const auto it = free_.find(bytes);
-      if (it != free_.end()) {
+      // the smallest cached block that fits and wastes at most an eighth of it
+      const auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first - bytes <= it->first / 8) {
+        block = it->first;
         p = it->second;
         free_.erase(it);
-        cached_ -= bytes;
+        cached_ -= block;
       }
     }
-    if (p == nullptr) p = c10::alloc_cpu(bytes);
+    if (p == nullptr) p = c10::alloc_cpu(block);
     {
       std::lock_guard<std::mutex> lock(m_);
-      live_.emplace(p, bytes);
+      live_.emplace(p, block);
     }
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
@@ -83,19 +88,29 @@ class BlockCache final : public c10::Allocator {
  private:
   static void release(void* p) { get().give_back(p); }
 
+  // A freed block is cached; when that would pass the limit, the largest cached blocks go
+  // back to the OS first (blocks of sizes no longer asked for must not hold the cache).
   void give_back(void* p) {
+    std::vector<void*> to_free;
     {
       std::lock_guard<std::mutex> lock(m_);
       const auto it = live_.find(p);
       const size_t bytes = it->second;
       live_.erase(it);
-      if (cached_ + bytes <= limit_) {
+      if (bytes > limit_) {
+        to_free.push_back(p);
+      } else {
+        while (cached_ + bytes > limit_) {
+          const auto largest = std::prev(free_.end());
+          cached_ -= largest->first;
+          to_free.push_back(largest->second);
+          free_.erase(largest);
+        }
         free_.emplace(bytes, p);
         cached_ += bytes;
-        return;
       }
     }
-    c10::free_cpu(p);
+    for (void* q : to_free) c10::free_cpu(q);
   }
 
   static size_t default_limit() {

@@ -134,3 +134,28 @@ def test_block_cache_off_keeps_nothing():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_block_cache_stays_under_its_limit_and_drops_stale_sizes():
+    """With a 3 MiB limit: blocks of 1 and 2 MiB are cached; freeing a 3 MiB block evicts
+    both (the largest first), and the 3 MiB block serves a later request of that size and
+    one slightly smaller."""
+    code = """
+import hjseq.ops as o, torch
+def y(L):  # the scan's output is (1, L, 8, 64) float32: L / 512 MiB
+    x = torch.randn(1, L, 8, 64); B = torch.randn(1, L, 8, 16)
+    return o.ssd_scan(x, -torch.rand(1, L, 8), B, B, backend='cpu')
+a = y(512); del a
+b = y(1024); del b
+print(o.cpu_cache_bytes())
+c = y(1536); ptr = c.data_ptr(); del c
+print(o.cpu_cache_bytes())
+d = y(1536); print(int(d.data_ptr() == ptr)); del d
+e = y(1500); print(int(e.data_ptr() == ptr))
+"""
+    env = {**os.environ, "HJSEQ_CPU_CACHE_MB": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mib = 1 << 20
+    assert out.stdout.split()[-4:] == [str(3 * mib), str(3 * mib), "1", "1"], out.stdout
